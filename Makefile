@@ -1,0 +1,40 @@
+# `make test` goes from a fresh machine to a green suite; `make demo` runs the
+# main job once it exists. Everything else is a step of those two.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install build test test-unit test-kernel bench bench-quick clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py tools/install_system_deps.sh
+	./tools/install_system_deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Rebuild the cffi binding, Cython codec and BPF objects in place after edits.
+build: install
+	$(PY) setup.py -q build_ext --inplace
+
+test: build
+	$(PY) -m pytest -q tests
+
+test-unit: build
+	$(PY) -m pytest -q tests/unit
+
+test-kernel: build
+	$(PY) -m pytest -q tests/kernel
+
+bench-quick: build
+	for b in benchmarks/bench_*.py; do $(PY) $$b --quick || exit 1; done
+
+bench: build
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build dist *.egg-info calico_ebpf/_bpf/*.o
+	find calico_ebpf -name '*.so' -delete

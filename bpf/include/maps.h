@@ -1,0 +1,88 @@
+/* The dataplane's IPv4 maps, declared once with BTF key/value types so that
+ * `bpftool map dump` decodes them and Python can check its codecs against
+ * the compiled object.  Python may resize any of them before load
+ * (bpf_map__set_max_entries); the numbers here are Calico's defaults. */
+#ifndef CALICO_EBPF_MAPS_H
+#define CALICO_EBPF_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "nat.h"
+#include "conntrack.h"
+#include "routes.h"
+#include "ipsets.h"
+#include "failsafes.h"
+#include "ifstate.h"
+#include "counters.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct nat_fe_key_v4);
+	__type(value, struct nat_fe_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} cebpf_nat_fe SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct nat_be_key);
+	__type(value, struct nat_be_value_v4);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} cebpf_nat_be SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct nat_aff_key_v4);
+	__type(value, struct nat_aff_value_v4);
+	__uint(max_entries, 65536);
+} cebpf_nat_aff SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key_v4);
+	__type(value, struct ct_value_v4);
+	__uint(max_entries, 512000);
+} cebpf_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct route_key_v4);
+	__type(value, struct route_value_v4);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} cebpf_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipset_key_v4);
+	__type(value, __u32);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} cebpf_ipsets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct failsafe_key_v4);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} cebpf_fsafes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct ifstate_value);
+	__uint(max_entries, 1000);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} cebpf_ifstate SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct counters_key);
+	__type(value, struct counters_value);
+	__uint(max_entries, 20000);
+} cebpf_counters SEC(".maps");
+
+#endif

@@ -1,0 +1,1 @@
+"""Compiled BPF objects (built by tools/build_bpf.py)."""

@@ -1,0 +1,1 @@
+"""The ``calico-ebpf`` command: thin verb-noun wrappers over the library layers."""
