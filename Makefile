@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml setup.py tools/install_system_deps.sh
 	./tools/install_system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	# Build requirements go into the venv too: `make build` rebuilds in place with them.
+	$(PY) -m pip install -q 'setuptools>=68' wheel 'cffi>=1.16' 'Cython>=3.0'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	touch $(STAMP)
 
 # Rebuild the cffi binding, Cython codec and BPF objects in place after edits.
