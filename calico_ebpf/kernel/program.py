@@ -66,6 +66,23 @@ class ProgType(enum.IntEnum):
             return value
 
 
+# Verifier log buffer for a refused load: 1 MiB holds the whole log of
+# policy-sized programs; bigger ones keep only the tail (which is the part
+# that explains the refusal).
+_LOG_SIZE = 1 << 20
+_LOG_TAIL_LINES = 40
+
+
+def _kernel_prog_name(name: str) -> str:
+    # The kernel refuses names with other characters, or longer than 15.
+    return "".join(c if (c.isascii() and (c.isalnum() or c in "_.")) else "_" for c in name)[:15]
+
+
+def _log_tail(log: str) -> str:
+    lines = log.rstrip("\n").splitlines()
+    return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+
 @dataclass(frozen=True)
 class ProgInfo:
     """What the kernel reports about a program."""
@@ -125,6 +142,57 @@ class Program:
         """Wrap a program fd; the Program takes ownership."""
         info = prog_info_from_fd(fd)
         return cls(fd, name or info.name, info.type)
+
+    @classmethod
+    def load(cls, prog_type: int, insns: bytes, license: str = "GPL", name: str = "", *,
+             log_level: int = 1, expected_attach_type: int = 0, prog_flags: int = 0,
+             fd_array: list[int] | None = None, log_size: int = _LOG_SIZE) -> "Program":
+        """Load raw instructions (8 bytes each, as ``asm.Assembler.assemble()`` gives) as a program.
+
+        Maps are referenced from ``LD_IMM64`` with ``BPF_PSEUDO_MAP_FD`` (the fd
+        in the immediate) or ``BPF_PSEUDO_MAP_IDX`` (an index into
+        ``fd_array``). ``name`` is cut to the kernel's 15 characters, other
+        characters than ``[A-Za-z0-9_.]`` become ``_``.
+
+        The first attempt runs without a verifier log (a truncated log makes
+        the kernel fail an otherwise good load with ENOSPC); a refused load is
+        retried with ``log_level`` (0 = no retry) so the :class:`BPFError`
+        carries the verifier's explanation in ``verifier_log``.
+
+        Example::
+
+            code = Assembler().mov64(R0, 2).exit().assemble()   # calico_ebpf.compiler.asm
+            prog = Program.load(ProgType.SCHED_CLS, code)
+            prog.test_run(bytes(64)).retval                      # 2
+        """
+        if len(insns) == 0 or len(insns) % 8:
+            raise BPFError(f"prog_load {name or '(unnamed)'}", _errno.EINVAL,
+                           f"instructions are {len(insns)} bytes, not a non-zero multiple of 8")
+        kname = _kernel_prog_name(name)
+        op = f"prog_load {kname or '(unnamed)'}"
+        code = ffi.from_buffer(insns)
+        fds = ffi.new("int[]", list(fd_array)) if fd_array else ffi.NULL
+
+        def attempt(level: int, buf, size: int) -> int:
+            return lib.cebpf_prog_load(int(prog_type), kname.encode(), license.encode(), code,
+                                       len(insns) // 8, expected_attach_type, prog_flags, fds,
+                                       level, buf, size)
+
+        fd = attempt(0, ffi.NULL, 0)
+        if fd >= 0:
+            return cls(fd, kname, int(prog_type))
+        err = -fd
+        log = ""
+        if log_level > 0 and err not in (_errno.EPERM, _errno.E2BIG):
+            buf = ffi.new("char[]", log_size)
+            # Kernels >= 6.4 keep the log's tail when the buffer is too small
+            # (and return ENOSPC); the tail is where the refusal is explained.
+            retry = attempt(log_level, buf, log_size)
+            if retry >= 0:  # refused once, accepted now: keep the program
+                return cls(retry, kname, int(prog_type))
+            log = _log_tail(ffi.string(buf).decode("utf-8", "replace"))
+        raise_errno(op, err, "refused by the verifier" if log and err in (_errno.EACCES, _errno.EINVAL)
+                    else None, verifier_log=log)
 
     @classmethod
     def open_pinned(cls, path: str | os.PathLike) -> "Program":
