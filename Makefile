@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml setup.py tools/install_system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# Build requirements go into the venv too: `make build` rebuilds in place with them.
-	$(PY) -m pip install -q 'setuptools>=68' wheel 'cffi>=1.16' 'Cython>=3.0'
+	$(PY) -m pip install -q 'setuptools>=77' wheel 'cffi>=1.16' 'Cython>=3.0'
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	touch $(STAMP)
 

@@ -1,12 +1,12 @@
 """Which (API group, kind) pairs the model understands, and their parsers.
 
-Later kinds (NetworkPolicy, GlobalNetworkPolicy, Tier) register here; until
-then ClusterState reports them as not handled instead of failing.
+Kinds not registered here are reported by ClusterState as not handled
+instead of failing.
 
 >>> parser_for("v1", "Service").__name__
 'from_dict'
->>> parser_for("networking.k8s.io/v1", "NetworkPolicy") is None
-True
+>>> parser_for("networking.k8s.io/v1", "NetworkPolicy").__qualname__
+'NetworkPolicy.from_dict'
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from calico_ebpf.model.calico import FelixConfiguration, IPPool
 from calico_ebpf.model.core import Namespace, Node, Pod, Service
 from calico_ebpf.model.discovery import EndpointSlice
 from calico_ebpf.model.kubeproxy import KubeProxyConfiguration
+from calico_ebpf.model.policy import CalicoNetworkPolicy, GlobalNetworkPolicy, NetworkPolicy, Tier
 
 Parser = Callable[[Mapping[str, Any]], Any]
 
@@ -49,3 +50,7 @@ register(("discovery.k8s.io",), "EndpointSlice", EndpointSlice.from_dict)
 register(("projectcalico.org", "crd.projectcalico.org"), "IPPool", IPPool.from_dict)
 register(("projectcalico.org", "crd.projectcalico.org"), "FelixConfiguration", FelixConfiguration.from_dict)
 register(("kubeproxy.config.k8s.io",), "KubeProxyConfiguration", KubeProxyConfiguration.from_dict)
+register(("networking.k8s.io",), "NetworkPolicy", NetworkPolicy.from_dict)
+register(("projectcalico.org", "crd.projectcalico.org"), "NetworkPolicy", CalicoNetworkPolicy.from_dict)
+register(("projectcalico.org", "crd.projectcalico.org"), "GlobalNetworkPolicy", GlobalNetworkPolicy.from_dict)
+register(("projectcalico.org", "crd.projectcalico.org"), "Tier", Tier.from_dict)

@@ -358,9 +358,9 @@ MULTI_DOC = textwrap.dedent("""\
     spec: {cidr: 10.0.0.0/8, ipipMode: Always}
     ---
     apiVersion: networking.k8s.io/v1
-    kind: NetworkPolicy
+    kind: Ingress
     metadata: {name: deny, namespace: ns1}
-    spec: {podSelector: {}}
+    spec: {}
     ---
     ---
     - not an object
@@ -389,8 +389,8 @@ def test_bad_objects_are_rejected_alone_and_the_rest_loads():
     assert messages[4] == "cluster.yaml: document 7 items[2]: apiVersion: is required"
     assert len(messages) == 5
     assert [(e.feature, e.object) for e in state.unsupported] == [("SCTP service port", "Service ns1/svc2")]
-    assert state.ignored == ["networking.k8s.io/v1 NetworkPolicy ns1/deny: kind not handled (yet); ignored"]
-    assert state.unhandled[0]["kind"] == "NetworkPolicy"
+    assert state.ignored == ["networking.k8s.io/v1 Ingress ns1/deny: kind not handled (yet); ignored"]
+    assert state.unhandled[0]["kind"] == "Ingress"
 
 
 def test_from_manifests_reads_files_in_order(tmp_path):
