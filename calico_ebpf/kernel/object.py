@@ -61,10 +61,11 @@ class BPFObject:
         self._loaded = False
         self._maps: dict[str, Map] = {}
         self._programs: dict[str, Program] = {}
+        self._reused_names: dict[int, str] = {}  # map handle -> ELF name, see reuse_map
 
     @classmethod
     def open(cls, path_or_bytes, name: str | None = None, pin_dir: str | os.PathLike | None = None,
-             max_entries: dict[str, int] | None = None) -> "BPFObject":
+             max_entries: dict[str, int] | None = None) -> BPFObject:
         """Open an ELF object from a path or from its bytes. Nothing is loaded yet.
 
         ``max_entries`` resizes maps by name before load; ``pin_dir`` pins
@@ -128,16 +129,20 @@ class BPFObject:
             yield p
             p = lib.bpf_object__next_program(self._handle, p)
 
+    def _map_name(self, m) -> str:
+        reused = self._reused_names.get(int(ffi.cast("uintptr_t", m)))
+        return reused if reused is not None else ffi.string(lib.bpf_map__name(m)).decode()
+
     def _map_handle(self, name: str):
         for m in self._map_handles():
-            if ffi.string(lib.bpf_map__name(m)).decode() == name:
+            if self._map_name(m) == name:
                 return m
         raise BPFError(f"find map {name} in {self.name}", _errno.ENOENT,
                        f"object {self.name!r} has no map {name!r}")
 
     def map_names(self) -> list[str]:
         """Names of the object's maps (internal .data/.rodata/.bss maps included)."""
-        return [ffi.string(lib.bpf_map__name(m)).decode() for m in self._map_handles()]
+        return [self._map_name(m) for m in self._map_handles()]
 
     def program_names(self) -> list[str]:
         return [ffi.string(lib.bpf_program__name(p)).decode() for p in self._prog_handles()]
@@ -160,6 +165,22 @@ class BPFObject:
                 return
         raise BPFError(f"find program {prog_name} in {self.name}", _errno.ENOENT)
 
+    def reuse_map(self, map_name: str, existing: Map) -> None:
+        """Make the object's ``map_name`` *be* ``existing`` (``bpf_map__reuse_fd``) before load.
+
+        A helper object (e.g. the conntrack cleaner) then works on another
+        object's map without pinning it anywhere. libbpf dups the fd, and
+        the kernel refuses the load if key/value sizes or types differ.
+        """
+        self._require_unloaded("reuse_map")
+        handle = self._map_handle(map_name)
+        ret = lib.bpf_map__reuse_fd(handle, existing.fd)
+        if ret < 0:
+            raise_errno(f"map_reuse_fd {map_name} <- {existing.name}", -ret)
+        # libbpf renames the map after the kernel's (truncated) name of the
+        # reused one; keep addressing it by the name the ELF gave it.
+        self._reused_names[int(ffi.cast("uintptr_t", handle))] = map_name
+
     def set_pin_dir(self, pin_dir: str | os.PathLike) -> None:
         """Pin (or re-adopt) every non-internal map at ``pin_dir/<map name>`` on load."""
         self._require_unloaded("set_pin_dir")
@@ -179,7 +200,7 @@ class BPFObject:
 
     # ---- load ---------------------------------------------------------
 
-    def load(self) -> "BPFObject":
+    def load(self) -> BPFObject:
         """Create maps (or reuse pins) and load every program into the kernel.
 
         On refusal raises BPFError whose ``verifier_log`` holds the tail of
@@ -225,7 +246,7 @@ class BPFObject:
 
     def _collect(self) -> None:
         for m in self._map_handles():
-            name = ffi.string(lib.bpf_map__name(m)).decode()
+            name = self._map_name(m)
             pin = lib.bpf_map__pin_path(m)
             bm = Map(lib.bpf_map__fd(m), name, lib.bpf_map__type(m), lib.bpf_map__key_size(m),
                      lib.bpf_map__value_size(m), lib.bpf_map__max_entries(m), lib.bpf_map__map_flags(m),
@@ -276,7 +297,7 @@ class BPFObject:
             lib.bpf_object__close(handle)
         self._keepalive = None
 
-    def __enter__(self) -> "BPFObject":
+    def __enter__(self) -> BPFObject:
         return self
 
     def __exit__(self, *exc) -> None:
