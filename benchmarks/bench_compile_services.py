@@ -19,27 +19,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._workload import NODE, manifests
 from calico_ebpf.compiler import ServiceIdAllocator, compile_services
 from calico_ebpf.model import ClusterState
-
-NODE = "node-1"
-
-
-def manifests(n: int, m: int) -> list[dict]:
-    docs = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE},
-             "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.2"}]}}]
-    for i in range(n):
-        name = f"svc{i}"
-        docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "bench"},
-                     "spec": {"type": "NodePort", "clusterIP": f"172.{16 + i // 65536}.{i // 256 % 256}.{i % 256}",
-                              "ports": [{"name": "http", "port": 80, "nodePort": 20000 + i % 40000}]}})
-        docs.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-                     "metadata": {"name": f"{name}-1", "namespace": "bench",
-                                  "labels": {"kubernetes.io/service-name": name}},
-                     "ports": [{"name": "http", "port": 8080}],
-                     "endpoints": [{"addresses": [f"10.{i // 256 % 256}.{i % 256}.{j + 1}"],
-                                    "nodeName": NODE if j % 3 == 0 else "node-2"} for j in range(m)]})
-    return docs
 
 
 def best_of(fn, repeats: int) -> tuple[float, object]:
