@@ -15,6 +15,8 @@
 #include "failsafes.h"
 #include "ifstate.h"
 #include "counters.h"
+#include "nat_fe_hash.h"
+#include "dp_state.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -84,5 +86,40 @@ struct {
 	__type(value, struct counters_value);
 	__uint(max_entries, 20000);
 } cebpf_counters SEC(".maps");
+
+/* --- Added for the datapath (helper D) ------------------------------- */
+
+/* Exact-match frontends, consulted before the LPM (see nat_fe_hash.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct nat_feh_key_v4);
+	__type(value, struct nat_fe_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} cebpf_nat_feh SEC(".maps");
+
+/* Per-packet state: policy hand-off and trace record (see dp_state.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct dp_state);
+	__uint(max_entries, 1);
+} cebpf_state SEC(".maps");
+
+/* Policy programs, one slot per (endpoint, direction) from ifstate. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(max_entries, 10000);
+} cebpf_jump SEC(".maps");
+
+/* Return path of policy programs: enum dp_prog_slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(max_entries, DP_PROG_MAX);
+} cebpf_progs SEC(".maps");
 
 #endif

@@ -1,0 +1,284 @@
+"""Load the datapath object, register interfaces, write entries, run packets.
+
+This is the skeleton the service compiler and the reconciler build on: it
+owns the loaded ``datapath.o`` (pinned under ``pin_dir``, or scratch and
+unpinned when ``pin_dir`` is None), the interface registry (ifstate entries
+and tc attachments) and thin typed writers for the maps the datapath reads.
+
+>>> dp = Dataplane(pin_dir=None, max_entries={"cebpf_ct": 65536})
+>>> dp.set_interface(ifindex, "cali1234", kind="wep")
+>>> dp.set_route("10.65.0.2/32", RouteFlags.LOCAL | RouteFlags.WORKLOAD, ifindex=ifindex)
+>>> res = dp.run("from", packet_bytes, ifindex)      # BPF_PROG_TEST_RUN
+>>> res.retval, res.state.verdict, res.state.nat_backend
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import struct
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import TYPE_CHECKING
+
+from calico_ebpf.dataplane.state import SIZE as STATE_SIZE
+from calico_ebpf.dataplane.state import DpState, ProgSlot
+from calico_ebpf.kernel import BPFObject
+from calico_ebpf.kernel.attach import TcAttachment
+from calico_ebpf.maps.entries import (
+    CounterHook,
+    CountersKey,
+    CountersValue,
+    FailsafeFlags,
+    FailsafeKey,
+    IfaceFlags,
+    IfStateKey,
+    IfStateValue,
+    NatBackendKey,
+    NatBackendValue,
+    NatFlags,
+    NatFrontendKey,
+    NatFrontendValue,
+    Proto,
+    RouteFlags,
+    RouteKey,
+    RouteValue,
+    U32Value,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+OBJECT_NAME = "datapath.o"
+
+#: Programs attached to every managed interface, by tc direction.
+HOOK_PROGRAMS = {"ingress": "cebpf_from_ifc", "egress": "cebpf_to_ifc"}
+
+#: nat_fe_value.flags bit (ours): the frontend has source ranges; the
+#: datapath consults the Calico-layout LPM map for this (dst, port, proto).
+NAT_FLG_SRC_RANGES = NatFlags(0x100)
+
+#: Felix's FailsafeInboundHostPorts / FailsafeOutboundHostPorts defaults.
+DEFAULT_FAILSAFES_INBOUND = (("tcp", 22), ("udp", 68), ("tcp", 179), ("tcp", 2379), ("tcp", 2380), ("tcp", 5473),
+                             ("tcp", 6443), ("tcp", 6666), ("tcp", 6667))
+DEFAULT_FAILSAFES_OUTBOUND = (("udp", 53), ("udp", 67), ("tcp", 179), ("tcp", 2379), ("tcp", 2380), ("tcp", 5473),
+                              ("tcp", 6443), ("tcp", 6666), ("tcp", 6667))
+
+# Small per-test maps by default would hide sizing bugs; these are the
+# sizes a scratch instance gets unless the caller says otherwise (Calico's
+# defaults are large and preallocated LRU maps cost memory per instance).
+SCRATCH_MAX_ENTRIES = {
+    "cebpf_ct": 65536,
+    "cebpf_nat_aff": 4096,
+    "cebpf_ipsets": 4096,
+    "cebpf_routes": 16384,
+    "cebpf_nat_be": 65536,
+}
+
+# struct __sk_buff (192 bytes since 5.x): the kernel refuses a ctx_out
+# shorter than the whole struct, so the whole struct goes in; we set
+# mark (@8), ifindex (@40) and cb[0] (@48), all accepted by BPF_PROG_TEST_RUN.
+_SKB_CTX_LEN = 192
+
+
+def fe_hash_key(addr, port: int, proto) -> bytes:
+    """Key of ``cebpf_nat_feh`` (struct nat_feh_key_v4): addr (network order), port, proto, pad."""
+    return ipaddress.IPv4Address(addr).packed + struct.pack("<HBB", port, int(_proto(proto)), 0)
+
+
+def _proto(proto) -> Proto:
+    return proto if isinstance(proto, Proto) else Proto.parse(proto)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One packet through a datapath program: return code, output packet, skb mark, state record."""
+
+    retval: int
+    data: bytes
+    mark: int
+    state: DpState
+    duration_ns: int
+
+
+class Dataplane:
+    """One node's datapath: the loaded object, its maps, the interfaces it serves."""
+
+    def __init__(self, config=None, *, pin_dir: str | None = None, max_entries: dict[str, int] | None = None,
+                 object_path: str | None = None):
+        self.config = config
+        self.pin_dir = pin_dir
+        sizes = dict(SCRATCH_MAX_ENTRIES) if pin_dir is None else {}
+        sizes.update(max_entries or {})
+        path = object_path or str(files("calico_ebpf._bpf") / OBJECT_NAME)
+        self._obj = BPFObject.open(path, pin_dir=pin_dir, max_entries=sizes)
+        try:
+            self._obj.load()
+            self._wire_continuations()
+        except BaseException:
+            self._obj.close()
+            raise
+        self._attachments: dict[tuple[int, str], TcAttachment] = {}
+        self._token = int.from_bytes(os.urandom(4), "little")
+
+    # ---- object ----------------------------------------------------------
+
+    @property
+    def maps(self):
+        """The datapath's maps by name (``cebpf_ct``, ``cebpf_nat_feh``, ...), as byte-level Map objects."""
+        return self._obj.maps
+
+    @property
+    def programs(self):
+        return self._obj.programs
+
+    def _wire_continuations(self) -> None:
+        # Policy programs continue here (dp_state.h calling convention).
+        progs = self.maps["cebpf_progs"]
+        progs.update(struct.pack("<I", ProgSlot.ALLOWED), struct.pack("<I", self.programs["cebpf_tc_allowed"].fd))
+        progs.update(struct.pack("<I", ProgSlot.DENIED), struct.pack("<I", self.programs["cebpf_tc_denied"].fd))
+
+    def set_policy(self, slot: int, program) -> None:
+        """Put a policy program (a Program, or the name of one in this object) in jump slot ``slot``."""
+        prog = self.programs[program] if isinstance(program, str) else program
+        self.maps["cebpf_jump"].update(struct.pack("<I", slot), struct.pack("<I", prog.fd))
+
+    def clear_policy(self, slot: int) -> bool:
+        return self.maps["cebpf_jump"].delete(struct.pack("<I", slot))
+
+    def close(self) -> None:
+        """Close fds. Attachments and pinned maps stay (detach explicitly to remove them)."""
+        self._obj.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- interfaces ------------------------------------------------------
+
+    def set_interface(self, ifindex: int, name: str, kind: str, *, ingress_policy: int = -1,
+                      egress_policy: int = -1) -> None:
+        """Tell the datapath what ``ifindex`` is: ``kind`` "wep" (pod veth, host side) or "hep" (data interface).
+
+        Policy slots are the endpoint's view: ``ingress_policy`` for packets
+        going to it, ``egress_policy`` for packets it sends; -1 = no policy.
+        """
+        flags = {"wep": IfaceFlags.WEP, "hep": IfaceFlags.HEP}[kind] | IfaceFlags.V4_READY
+        value = IfStateValue(flags=flags, name=name, ingress_policy_v4=ingress_policy, egress_policy_v4=egress_policy)
+        self.maps["cebpf_ifstate"].update(IfStateKey(ifindex).to_bytes(), value.to_bytes())
+
+    def interface(self, ifindex: int) -> IfStateValue | None:
+        raw = self.maps["cebpf_ifstate"].lookup(IfStateKey(ifindex).to_bytes())
+        return None if raw is None else IfStateValue.from_bytes(raw)
+
+    def remove_interface(self, ifindex: int) -> None:
+        self.maps["cebpf_ifstate"].delete(IfStateKey(ifindex).to_bytes())
+
+    def attach(self, ifindex: int, name: str, kind: str, *, netns=None, ingress_policy: int = -1,
+               egress_policy: int = -1) -> None:
+        """Register the interface and attach the tc programs to both of its hooks (replacing ours)."""
+        self.set_interface(ifindex, name, kind, ingress_policy=ingress_policy, egress_policy=egress_policy)
+        for direction, prog in HOOK_PROGRAMS.items():
+            att = TcAttachment.find(ifindex, direction, netns=netns)
+            if att is not None:
+                att.replace(self.programs[prog])
+            else:
+                att = TcAttachment.attach(self.programs[prog], ifindex, direction, netns=netns)
+            self._attachments[(ifindex, direction)] = att
+
+    def detach(self, ifindex: int) -> None:
+        """Detach our programs from the interface and forget it."""
+        for direction in HOOK_PROGRAMS:
+            att = self._attachments.pop((ifindex, direction), None)
+            if att is not None:
+                att.detach(missing_ok=True)
+        self.remove_interface(ifindex)
+
+    def detach_all(self) -> None:
+        for ifindex in sorted({i for i, _ in self._attachments}):
+            self.detach(ifindex)
+
+    # ---- entries (thin typed writers; the reconciler replaces these) -------
+
+    def set_route(self, cidr, flags: RouteFlags, *, ifindex: int = 0, next_hop=None) -> None:
+        value = RouteValue.for_ifindex(flags, ifindex) if ifindex else RouteValue(flags=flags, next_hop=next_hop or "0.0.0.0")
+        self.maps["cebpf_routes"].update(RouteKey(cidr).to_bytes(), value.to_bytes())
+
+    def set_frontend(self, addr, port: int, proto, value: NatFrontendValue) -> None:
+        """Exact-match frontend (the per-packet path): ``cebpf_nat_feh``."""
+        self.maps["cebpf_nat_feh"].update(fe_hash_key(addr, port, _proto(proto)), value.to_bytes())
+
+    def delete_frontend(self, addr, port: int, proto) -> bool:
+        return self.maps["cebpf_nat_feh"].delete(fe_hash_key(addr, port, _proto(proto)))
+
+    def set_source_range_frontend(self, addr, port: int, proto, src_cidr, value: NatFrontendValue) -> None:
+        """A loadBalancerSourceRanges entry in the Calico-layout LPM map ``cebpf_nat_fe``.
+
+        The exact-match entry for (addr, port, proto) must carry
+        ``NAT_FLG_SRC_RANGES`` for the datapath to look here."""
+        key = NatFrontendKey(addr=addr, port=port, proto=_proto(proto), src_cidr=src_cidr)
+        self.maps["cebpf_nat_fe"].update(key.to_bytes(), value.to_bytes())
+
+    def set_backends(self, svc_id: int, backends) -> None:
+        """Backends of a service at ordinals 0..n-1 (local ones first): iterable of (ip, port)."""
+        be = self.maps["cebpf_nat_be"]
+        for ordinal, (addr, port) in enumerate(backends):
+            be.update(NatBackendKey(svc_id, ordinal).to_bytes(), NatBackendValue(addr=addr, port=port).to_bytes())
+
+    def set_failsafe(self, proto, port: int, cidr="0.0.0.0/0", *, outbound: bool = False) -> None:
+        flags = FailsafeFlags.OUTBOUND if outbound else FailsafeFlags(0)
+        key = FailsafeKey(port=port, proto=_proto(proto), cidr=cidr, flags=flags)
+        self.maps["cebpf_fsafes"].update(key.to_bytes(), U32Value(1).to_bytes())
+
+    def set_default_failsafes(self, inbound=DEFAULT_FAILSAFES_INBOUND, outbound=DEFAULT_FAILSAFES_OUTBOUND) -> None:
+        """Write the failsafe ports (any address) that bypass host-endpoint policy; Felix's defaults unless given."""
+        for proto, port in inbound:
+            self.set_failsafe(proto, port)
+        for proto, port in outbound:
+            self.set_failsafe(proto, port, outbound=True)
+
+    # ---- reading ---------------------------------------------------------
+
+    def counters(self, ifindex: int, hook: CounterHook | int) -> CountersValue:
+        """The interface's per-hook counters summed over CPUs (all zero when never counted)."""
+        m = self.maps["cebpf_counters"]
+        raw = m.lookup(CountersKey(ifindex=ifindex, hook=CounterHook(hook)).to_bytes())
+        size = CountersValue.size()
+        if raw is None:
+            return CountersValue.total([])
+        stride = (size + 7) & ~7
+        return CountersValue.total(CountersValue.from_bytes(raw[i * stride:i * stride + size]) for i in range(m.nr_cpus))
+
+    def last_state(self, token: int | None = None) -> DpState:
+        """The state record of the packet tagged ``token`` (see :meth:`run`), else the newest on any CPU."""
+        m = self.maps["cebpf_state"]
+        raw = m.lookup(struct.pack("<I", 0))
+        stride = (STATE_SIZE + 7) & ~7
+        states = [DpState.from_bytes(raw[i * stride:i * stride + STATE_SIZE]) for i in range(m.nr_cpus)]
+        if token is not None:
+            tagged = [s for s in states if s.trace_token == token]
+            if tagged:
+                return max(tagged, key=lambda s: s.ts)
+        return max(states, key=lambda s: s.ts)
+
+    # ---- running packets -------------------------------------------------
+
+    def run(self, hook: str, packet: bytes, ifindex: int, *, mark: int = 0, repeat: int = 1) -> RunResult:
+        """Run ``packet`` (a full Ethernet frame) through the "from" (tc ingress) or "to" (tc egress)
+        program as if it were on ``ifindex`` (which must exist in the calling thread's netns)."""
+        prog = self.programs[HOOK_PROGRAMS["ingress" if hook in ("from", "ingress") else "egress"]]
+        # The token in cb[0] lets us find this packet's state record whichever CPU ran it.
+        self._token = (self._token % 0xFFFFFFFF) + 1
+        ctx = bytearray(_SKB_CTX_LEN)
+        struct.pack_into("<I", ctx, 8, mark)
+        struct.pack_into("<I", ctx, 40, ifindex)
+        struct.pack_into("<I", ctx, 48, self._token)
+        res = prog.test_run(packet, ctx=bytes(ctx), repeat=repeat)
+        out_mark = struct.unpack_from("<I", res.ctx_out, 8)[0] if res.ctx_out else 0
+        return RunResult(res.retval, res.data_out, out_mark, self.last_state(self._token), res.duration_ns)
+
+
+def default_pin_dir(node: str) -> str:
+    return os.path.join("/sys/fs/bpf/calico_ebpf", node)
