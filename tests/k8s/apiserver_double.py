@@ -15,8 +15,9 @@ informer depends on:
 
 Knobs for tests: :meth:`create` / :meth:`update` / :meth:`delete`,
 :meth:`compact`, :meth:`drop_watches`, :meth:`send_bookmarks`,
-:meth:`fail_next` (inject error responses) and :attr:`requests` (what the
-client asked for). The server runs in a background thread on its own event
+:meth:`fail_next` (inject error responses), :attr:`requests` (what the
+client asked for, with the content type and decoded JSON body of writes)
+and :attr:`writes` (only the requests that asked to change state). The server runs in a background thread on its own event
 loop; every knob is safe to call from the test thread.
 
 Example::
@@ -44,7 +45,8 @@ from aiohttp import web
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-WATCH_TIMEOUT_CAP = 60.0  # seconds; keeps a forgotten watch from outliving a test
+WATCH_TIMEOUT_CAP = 60.0
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # seconds; keeps a forgotten watch from outliving a test
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class ResourceType:
     @property
     def builtin(self) -> bool:
         # Built-in types' list items come without kind/apiVersion; custom resources keep them.
-        return self.group in ("", "discovery.k8s.io", "networking.k8s.io")
+        return self.group in ("", "apps", "discovery.k8s.io", "networking.k8s.io")
 
 
 SERVED_TYPES = (
@@ -80,6 +82,14 @@ SERVED_TYPES = (
     ResourceType("projectcalico.org", "v3", "networkpolicies", "NetworkPolicy", True),
     ResourceType("projectcalico.org", "v3", "globalnetworkpolicies", "GlobalNetworkPolicy", False),
     ResourceType("projectcalico.org", "v3", "tiers", "Tier", False),
+    # Install workflow: the kube-proxy DaemonSet, the operator Deployment, the operator's and
+    # OpenShift's cluster-scoped configuration objects.
+    ResourceType("apps", "v1", "daemonsets", "DaemonSet", True),
+    ResourceType("apps", "v1", "deployments", "Deployment", True),
+    ResourceType("operator.tigera.io", "v1", "installations", "Installation", False),
+    ResourceType("operator.tigera.io", "v1", "tigerastatuses", "TigeraStatus", False),
+    ResourceType("operator.openshift.io", "v1", "networks", "Network", False),
+    ResourceType("config.openshift.io", "v1", "networks", "Network", False),
 )
 
 
@@ -114,6 +124,12 @@ class RecordedRequest:
     resource: str | None  # plural, when the path named a served type
     watch: bool
     time: float
+    content_type: str = ""
+    body: Any = None  # the decoded JSON body of a write, None for reads
+
+    @property
+    def is_write(self) -> bool:
+        return self.method in WRITE_METHODS
 
 
 @dataclass
@@ -240,6 +256,11 @@ class ApiServerDouble:
         """A copy of every request received so far, oldest first."""
         with self._requests_lock:
             return list(self._requests)
+
+    @property
+    def writes(self) -> list[RecordedRequest]:
+        """The requests that asked to change state (POST/PUT/PATCH/DELETE), oldest first."""
+        return [r for r in self.requests if r.is_write]
 
     def create(self, obj: dict) -> dict:
         """Store a new object (emits ADDED); returns it as stored, with its resourceVersion."""
@@ -458,7 +479,14 @@ class ApiServerDouble:
             resource = self._parse_path(request.path)[0].plural
         except ApiError:
             resource = None
-        req = RecordedRequest(request.method, request.path, query, resource, is_watch, time.monotonic())
+        body = None
+        if request.method in WRITE_METHODS and request.can_read_body:
+            try:
+                body = json.loads(await request.read())  # aiohttp caches it for the handler below
+            except ValueError:
+                body = None  # the handler answers 400 for it
+        req = RecordedRequest(request.method, request.path, query, resource, is_watch, time.monotonic(),
+                              request.content_type, body)
         with self._requests_lock:
             self._requests.append(req)
         try:
