@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from calico_ebpf.errors import BPFError, MapFullError
+from calico_ebpf.kernel._handle import FdHandle
 from calico_ebpf.kernel._lib import ENOTSUPP, ffi, lib, raise_errno
 
 _log = logging.getLogger("calico_ebpf.kernel.map")
@@ -141,25 +142,23 @@ def _nbytes(data) -> int:
     return len(data) if type(data) is bytes else memoryview(data).nbytes
 
 
-class Map:
+class Map(FdHandle):
     """A BPF map, addressed by bytes. Owns its fd unless it belongs to a :class:`BPFObject`.
 
     Construct with :meth:`create`, :meth:`open_pinned`, :meth:`from_id` or
     :meth:`from_fd`; maps of a loaded object come from ``obj.maps[name]``.
     """
 
+    _kind = "map"
+
     def __init__(self, fd: int, name: str, type: int, key_size: int, value_size: int, max_entries: int,
                  flags: int = 0, *, owned: bool = True, owner: object | None = None):
-        self._fd = fd
-        self.name = name
+        self._init_handle(fd, name, owned, owner)
         self.type = MapType.of(type)
         self.key_size = key_size
         self.value_size = value_size
         self.max_entries = max_entries
         self.flags = flags
-        self._owned = owned
-        self._owner = owner  # keeps a BPFObject alive while its maps are in use
-        self._pin_path: str | None = None
         self.is_percpu = self.type in PERCPU_TYPES
         self.nr_cpus = nr_possible_cpus() if self.is_percpu else 1
         # Size of the value buffer the kernel reads/writes per key.
@@ -230,22 +229,8 @@ class Map:
     # ---- properties ---------------------------------------------------
 
     @property
-    def fd(self) -> int:
-        if self._fd < 0:
-            raise BPFError(f"map {self.name}", _errno.EBADF, "map is closed")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    @property
     def info(self) -> MapInfo:
         return map_info_from_fd(self.fd, self.name)
-
-    @property
-    def pin_path(self) -> str | None:
-        return self._pin_path
 
     @property
     def refused_batch_ops(self) -> frozenset[str]:
@@ -504,47 +489,3 @@ BPF_ANY, BPF_NOEXIST or BPF_EXIST."""
         return self.delete_batch(keys, n) if n else 0
 
     # ---- pinning and lifetime ----------------------------------------
-
-    def pin(self, path: str | os.PathLike) -> None:
-        """Pin the map at ``path`` (on a bpffs)."""
-        path = os.fspath(path)
-        ret = lib.bpf_obj_pin(self.fd, path.encode())
-        if ret < 0:
-            raise_errno(f"obj_pin {self.name} at {path}", -ret)
-        self._pin_path = path
-
-    def unpin(self) -> None:
-        """Remove the pin this map was pinned at or opened from."""
-        if self._pin_path is None:
-            raise BPFError(f"unpin {self.name}", _errno.ENOENT, "map is not pinned by this handle")
-        try:
-            os.unlink(self._pin_path)
-        except OSError as exc:
-            raise BPFError(f"unpin {self.name} at {self._pin_path}", exc.errno or _errno.EIO) from None
-        self._pin_path = None
-
-    def close(self) -> None:
-        """Close the fd (owned maps only; an object's maps close with the object)."""
-        fd, self._fd = self._fd, -1
-        if fd >= 0 and self._owned:
-            os.close(fd)
-        self._owner = None
-
-    def _invalidate(self) -> None:
-        # Called by the owning object when it closes the fd underneath us.
-        self._fd = -1
-        self._owner = None
-
-    def __enter__(self) -> "Map":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if getattr(self, "_owned", False) and getattr(self, "_fd", -1) >= 0:
-                os.close(self._fd)
-                self._fd = -1
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from calico_ebpf.errors import BPFError
+from calico_ebpf.kernel._handle import FdHandle
 from calico_ebpf.kernel._lib import ffi, lib, raise_errno
 
 # Room for programs that grow the packet (encapsulation) when the caller
@@ -119,23 +120,22 @@ def prog_info_from_fd(fd: int, what: str = "program") -> ProgInfo:
     )
 
 
-class Program:
+class Program(FdHandle):
     """A loaded program. Programs of a :class:`BPFObject` close with it; others own their fd.
 
     ``handle`` is libbpf's ``struct bpf_program *`` (or NULL for programs
     opened by fd/pin), for the attach layer.
     """
 
+    _kind = "program"
+    _closed_reason = "closed or was not loaded"
+
     def __init__(self, fd: int, name: str, type: int, *, section: str = "", handle=None,
                  owned: bool = True, owner: object | None = None):
-        self._fd = fd
-        self.name = name
+        self._init_handle(fd, name, owned, owner)
         self.type = ProgType.of(type)
         self.section = section
         self.handle = handle if handle is not None else ffi.NULL
-        self._owned = owned
-        self._owner = owner
-        self._pin_path: str | None = None
 
     @classmethod
     def from_fd(cls, fd: int, name: str | None = None) -> "Program":
@@ -217,22 +217,12 @@ class Program:
         return cls.from_fd(fd)
 
     @property
-    def fd(self) -> int:
-        if self._fd < 0:
-            raise BPFError(f"program {self.name}", _errno.EBADF, "program is closed or was not loaded")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    @property
     def info(self) -> ProgInfo:
         return prog_info_from_fd(self.fd, self.name)
 
-    @property
-    def pin_path(self) -> str | None:
-        return self._pin_path
+    def _invalidate(self) -> None:
+        super()._invalidate()
+        self.handle = ffi.NULL
 
     def __repr__(self) -> str:
         t = self.type.name if isinstance(self.type, ProgType) else self.type
@@ -278,45 +268,3 @@ class Program:
                 ctx_out=ffi.buffer(ctx_out, opts.ctx_size_out)[:] if ctx_out is not None else None,
                 duration_ns=opts.duration,
             )
-
-    def pin(self, path: str | os.PathLike) -> None:
-        """Pin the program at ``path`` (on a bpffs)."""
-        path = os.fspath(path)
-        ret = lib.bpf_obj_pin(self.fd, path.encode())
-        if ret < 0:
-            raise_errno(f"obj_pin {self.name} at {path}", -ret)
-        self._pin_path = path
-
-    def unpin(self) -> None:
-        if self._pin_path is None:
-            raise BPFError(f"unpin {self.name}", _errno.ENOENT, "program is not pinned by this handle")
-        try:
-            os.unlink(self._pin_path)
-        except OSError as exc:
-            raise BPFError(f"unpin {self.name} at {self._pin_path}", exc.errno or _errno.EIO) from None
-        self._pin_path = None
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0 and self._owned:
-            os.close(fd)
-        self._owner = None
-
-    def _invalidate(self) -> None:
-        self._fd = -1
-        self.handle = ffi.NULL
-        self._owner = None
-
-    def __enter__(self) -> "Program":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if getattr(self, "_owned", False) and getattr(self, "_fd", -1) >= 0:
-                os.close(self._fd)
-                self._fd = -1
-        except Exception:  # noqa: BLE001
-            pass
