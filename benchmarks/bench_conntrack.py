@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Conntrack sweep time for 100k and 1M entries (10 % expired), per cleanup mode,
-and the time to dump the map into a pandas DataFrame through the columnar codec.
+the time to dump the map into a pandas DataFrame through the columnar codec,
+the fixed cost of a stale-NAT check (one batch read + numpy match; what an
+apply that removed a backend pays) and of migrating the entries into a map
+twice as big (batch read + batch update; what a resize restart pays).
 
     .venv/bin/python benchmarks/bench_conntrack.py [--quick]
 
@@ -25,7 +28,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from calico_ebpf.dataplane.conntrack import remove_stale_nat
 from calico_ebpf.dataplane.conntrack_gc import ConntrackSweeper, new_ct_map
+from calico_ebpf.kernel.migrate import copy_entries
 from calico_ebpf.dataplane.conntrack_timeouts import ConntrackTimeouts
 from calico_ebpf.maps import columns, ct_records
 from calico_ebpf.maps.conntrack import CtKey, CtValue
@@ -105,6 +110,17 @@ def bench_size(n: int, modes: list[str], repeat: int) -> dict:
         assert len(df) == n
         out["dataframe_s"] = round(dump_s, 4)
         print(f"{n:>9} entries  dump to DataFrame {dump_s * 1e3:8.1f} ms", flush=True)
+        t0 = time.perf_counter()
+        stale = remove_stale_nat(ct, {("192.0.2.1", 80, "udp")})   # a backend no flow uses
+        out["stale_nat_check_s"] = round(time.perf_counter() - t0, 4)
+        assert stale.flows == 0
+        print(f"{n:>9} entries  stale-NAT check {out['stale_nat_check_s'] * 1e3:8.1f} ms", flush=True)
+        with new_ct_map(2 * n, name="bench_ct2") as bigger:
+            t0 = time.perf_counter()
+            copied = copy_entries(ct, bigger)
+            out["migrate_2x_s"] = round(time.perf_counter() - t0, 4)
+        assert copied == n
+        print(f"{n:>9} entries  migrate to 2x map {out['migrate_2x_s'] * 1e3:8.1f} ms", flush=True)
     finally:
         ct.close()
     return out

@@ -143,7 +143,7 @@ class ConntrackSweeper:
 
     def __init__(self, ct_map: Map, timeouts: ConntrackTimeouts | None = None, *,
                  clock: Callable[[], int] = monotonic_ns, mode: str = "kernel", queue_size: int = 65536,
-                 object_path: str | None = None):
+                 object_path: str | None = None, usage_warning: float | None = USAGE_WARNING):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if (ct_map.key_size, ct_map.value_size) != (16, 88):
@@ -154,6 +154,7 @@ class ConntrackSweeper:
         self.clock = clock
         self.mode = mode
         self.queue_size = queue_size
+        self.usage_warning = usage_warning
         self._obj: BPFObject | None = None
         if mode != "userspace":
             self._obj = self._load_cleaner(object_path or str(files("calico_ebpf._bpf") / OBJECT_NAME))
@@ -300,7 +301,7 @@ class ConntrackSweeper:
                                        self.ct_map.max_entries, took, 0.0, took))
 
     def _finish(self, stats: SweepStats) -> SweepStats:
-        if stats.usage > USAGE_WARNING:
+        if self.usage_warning is not None and stats.usage > self.usage_warning:
             _log.warning("conntrack map %s is %.0f%% full (%d of %d entries) after a sweep: "
                          "new flows will evict live ones; enlarge it (bpfMapSizeConntrack)",
                          self.ct_map.name, 100 * stats.usage, stats.used, stats.max_entries)
