@@ -1,26 +1,32 @@
-"""Load the datapath object, register interfaces, write entries, run packets.
+"""One node's datapath: load the object, register interfaces, apply desired state, run packets.
 
-This is the skeleton the service compiler and the reconciler build on: it
-owns the loaded ``datapath.o`` (pinned under ``pin_dir``, or scratch and
-unpinned when ``pin_dir`` is None), the interface registry (ifstate entries
-and tc attachments) and thin typed writers for the maps the datapath reads.
+:class:`Dataplane` owns the loaded ``datapath.o`` (pinned under ``pin_dir``,
+or scratch and unpinned when ``pin_dir`` is None), the interface registry
+(ifstate entries and tc attachments), and a :class:`~.reconcile.Reconciler`
+that keeps the service, route and failsafe maps equal to a ClusterState::
 
->>> dp = Dataplane(pin_dir=None, max_entries={"cebpf_ct": 65536})
->>> dp.set_interface(ifindex, "cali1234", kind="wep")
->>> dp.set_route("10.65.0.2/32", RouteFlags.LOCAL | RouteFlags.WORKLOAD, ifindex=ifindex)
->>> res = dp.run("from", packet_bytes, ifindex)      # BPF_PROG_TEST_RUN
->>> res.retval, res.state.verdict, res.state.nat_backend
+    >>> state = ClusterState.from_manifests("cluster.yaml")          # doctest: +SKIP
+    >>> dp = Dataplane(NodeConfig.from_state(state, node="node-1"))   # doctest: +SKIP
+    >>> report = dp.apply(state)                                      # doctest: +SKIP
+    >>> res = dp.run("from", packet_bytes, ifindex)                   # doctest: +SKIP
+    >>> res.retval, res.state.verdict, res.state.nat_backend          # doctest: +SKIP
+
+The thin typed writers (``set_frontend``, ``set_backends``, ``set_route``,
+...) stay for tests and tools that program entries by hand; using one tells
+the reconciler to read the maps back before its next diff.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import struct
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING
 
+from calico_ebpf.dataplane.config import NodeConfig
+from calico_ebpf.dataplane.reconcile import ApplyReport, PolicySync, Reconciler
 from calico_ebpf.dataplane.state import SIZE as STATE_SIZE
 from calico_ebpf.dataplane.state import DpState, ProgSlot
 from calico_ebpf.kernel import BPFObject
@@ -37,6 +43,7 @@ from calico_ebpf.maps.entries import (
     NatBackendKey,
     NatBackendValue,
     NatFlags,
+    NatFrontendHashKey,
     NatFrontendKey,
     NatFrontendValue,
     Proto,
@@ -45,9 +52,12 @@ from calico_ebpf.maps.entries import (
     RouteValue,
     U32Value,
 )
+from calico_ebpf.maps.named import ALL_MAPS, NamedMap
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from calico_ebpf.model.state import ClusterState
 
 OBJECT_NAME = "datapath.o"
 
@@ -72,7 +82,8 @@ SCRATCH_MAX_ENTRIES = {
     "cebpf_nat_aff": 4096,
     "cebpf_ipsets": 4096,
     "cebpf_routes": 16384,
-    "cebpf_nat_be": 65536,
+    # a no-prealloc hash costs nothing until used; Calico's default fits 10k services x 26 backends
+    "cebpf_nat_be": 262144,
 }
 
 # struct __sk_buff (192 bytes since 5.x): the kernel refuses a ctx_out
@@ -82,12 +93,44 @@ _SKB_CTX_LEN = 192
 
 
 def fe_hash_key(addr, port: int, proto) -> bytes:
-    """Key of ``cebpf_nat_feh`` (struct nat_feh_key_v4): addr (network order), port, proto, pad."""
-    return ipaddress.IPv4Address(addr).packed + struct.pack("<HBB", port, int(_proto(proto)), 0)
+    """Key bytes of ``cebpf_nat_feh`` (kept for callers of the skeleton; use NatFrontendHashKey)."""
+    return NatFrontendHashKey(addr, port, _proto(proto)).to_bytes()
 
 
 def _proto(proto) -> Proto:
     return proto if isinstance(proto, Proto) else Proto.parse(proto)
+
+
+class DataplaneMaps(Mapping):
+    """A Dataplane's maps by BPF name (byte-level :class:`~calico_ebpf.kernel.Map`), plus the
+    typed view of each as an attribute::
+
+        dp.maps["cebpf_nat_feh"].lookup(key_bytes)        # bytes
+        dp.maps.nat_frontends_hash.items()                # [(NatFrontendHashKey, NatFrontendValue)]
+        dp.maps.conntrack.to_pandas()                     # where pandas is installed
+    """
+
+    def __init__(self, raw: Mapping):
+        self._raw = raw
+        self._typed: dict[str, NamedMap] = {}
+
+    def __getitem__(self, name: str):
+        return self._raw[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __getattr__(self, attr: str) -> NamedMap:
+        named = ALL_MAPS.get(attr)
+        if named is None:
+            raise AttributeError(f"no map {attr!r} (typed maps: {', '.join(ALL_MAPS)})")
+        typed = self._typed.get(attr)
+        if typed is None:
+            typed = self._typed[attr] = named(self._raw[named.spec.name])
+        return typed
 
 
 @dataclass(frozen=True)
@@ -102,31 +145,95 @@ class RunResult:
 
 
 class Dataplane:
-    """One node's datapath: the loaded object, its maps, the interfaces it serves."""
+    """One node's datapath: the loaded object, its maps, the interfaces it serves.
 
-    def __init__(self, config=None, *, pin_dir: str | None = None, max_entries: dict[str, int] | None = None,
-                 object_path: str | None = None):
+    ``config`` (a :class:`NodeConfig`) names the node and sizes the maps;
+    ``max_entries`` overrides sizes by BPF map name. ``pin_dir`` None loads
+    a scratch, unpinned instance; a directory pins the maps there, and a
+    Dataplane opened on an existing directory re-adopts what it holds (the
+    first :meth:`apply` reads the maps back and writes only differences).
+    """
+
+    def __init__(self, config: NodeConfig | None = None, *, pin_dir: str | None = None,
+                 max_entries: dict[str, int] | None = None, object_path: str | None = None):
         self.config = config
         self.pin_dir = pin_dir
         sizes = dict(SCRATCH_MAX_ENTRIES) if pin_dir is None else {}
+        if config is not None:
+            sizes.update(config.map_sizes)
         sizes.update(max_entries or {})
         path = object_path or str(files("calico_ebpf._bpf") / OBJECT_NAME)
         self._obj = BPFObject.open(path, pin_dir=pin_dir, max_entries=sizes)
         try:
             self._obj.load()
+            self._maps = DataplaneMaps(self._obj.maps)
             self._wire_continuations()
         except BaseException:
             self._obj.close()
             raise
         self._attachments: dict[tuple[int, str], TcAttachment] = {}
+        self._ifnames: dict[str, int] = {}
         self._token = int.from_bytes(os.urandom(4), "little")
+        self.reconciler = Reconciler(self, config)
+        #: Per-endpoint policy, e.g. ``dp.policy_sync = PolicyManager(dp)``: every :meth:`apply`
+        #: then ends with ``policy_sync.sync(state, endpoints)`` for the registered local pods.
+        self.policy_sync: PolicySync | None = None
+        self.last_report: ApplyReport | None = None
+
+    @classmethod
+    def from_state(cls, state: ClusterState, node: str | None = None, pin_dir: str | None = None,
+                   **kwargs) -> Dataplane:
+        """A Dataplane for ``node`` (default: the only Node) with ``state`` applied
+        (the report is in :attr:`last_report`)::
+
+            dp = Dataplane.from_state(ClusterState.from_manifests("cluster.yaml"), node="node-1")
+        """
+        dp = cls(NodeConfig.from_state(state, node), pin_dir=pin_dir, **kwargs)
+        try:
+            dp.apply(state)
+        except BaseException:
+            dp.close()
+            raise
+        return dp
+
+    @property
+    def node(self) -> str | None:
+        return self.reconciler.config.node if self.reconciler.config else None
+
+    # ---- desired state ---------------------------------------------------
+
+    def apply(self, state: ClusterState, node: str | None = None) -> ApplyReport:
+        """Compile ``state`` for this node and bring the maps to it with minimal, ordered writes.
+
+        Objects the state rejected or cannot program are listed in the
+        report (object and field) and change nothing; everything else is
+        applied. A map that cannot take the change raises MapFullError
+        naming it, with the previous state left in place.
+        """
+        report = self.reconciler.apply(state, node)
+        self.config = self.reconciler.config
+        self.last_report = report
+        return report
+
+    def trace(self, packet, **kwargs):
+        """Run ``packet`` (``"tcp 10.0.0.2:40000 -> 172.30.0.41:80"``) hop by hop through the
+        real programs and say what they did (:func:`calico_ebpf.dataplane.trace.trace`)."""
+        from calico_ebpf.dataplane.trace import trace  # trace builds on this module
+
+        return trace(self, packet, **kwargs)
+
+    @property
+    def service_ids(self) -> dict[str, int]:
+        """``ns/name/port/PROTO -> service id`` as last applied (stable across applies and restarts)."""
+        return self.reconciler.service_ids
 
     # ---- object ----------------------------------------------------------
 
     @property
-    def maps(self):
-        """The datapath's maps by name (``cebpf_ct``, ``cebpf_nat_feh``, ...), as byte-level Map objects."""
-        return self._obj.maps
+    def maps(self) -> DataplaneMaps:
+        """The datapath's maps: ``maps["cebpf_ct"]`` is the byte-level Map, ``maps.conntrack``,
+        ``maps.nat_frontends_hash``, ... the typed view (names of ``maps.named.ALL_MAPS``)."""
+        return self._maps
 
     @property
     def programs(self):
@@ -168,6 +275,13 @@ class Dataplane:
         flags = {"wep": IfaceFlags.WEP, "hep": IfaceFlags.HEP}[kind] | IfaceFlags.V4_READY
         value = IfStateValue(flags=flags, name=name, ingress_policy_v4=ingress_policy, egress_policy_v4=egress_policy)
         self.maps["cebpf_ifstate"].update(IfStateKey(ifindex).to_bytes(), value.to_bytes())
+        if self._ifnames.get(name) != ifindex:
+            self._ifnames[name] = ifindex
+            self.reconciler.resync_routes()  # a pod's route carries its veth's ifindex
+
+    def ifindex_of(self, name: str) -> int:
+        """The ifindex registered for interface ``name`` (0 if unknown)."""
+        return self._ifnames.get(name, 0)
 
     def interface(self, ifindex: int) -> IfStateValue | None:
         raw = self.maps["cebpf_ifstate"].lookup(IfStateKey(ifindex).to_bytes())
@@ -175,6 +289,11 @@ class Dataplane:
 
     def remove_interface(self, ifindex: int) -> None:
         self.maps["cebpf_ifstate"].delete(IfStateKey(ifindex).to_bytes())
+        names = [n for n, i in self._ifnames.items() if i == ifindex]
+        for n in names:
+            del self._ifnames[n]
+        if names:
+            self.reconciler.resync_routes()
 
     def attach(self, ifindex: int, name: str, kind: str, *, netns=None, ingress_policy: int = -1,
                egress_policy: int = -1) -> None:
@@ -200,34 +319,40 @@ class Dataplane:
         for ifindex in sorted({i for i, _ in self._attachments}):
             self.detach(ifindex)
 
-    # ---- entries (thin typed writers; the reconciler replaces these) -------
+    # ---- entries by hand (tests, tools); apply() owns these maps otherwise ----
 
     def set_route(self, cidr, flags: RouteFlags, *, ifindex: int = 0, next_hop=None) -> None:
+        self.reconciler.routes.invalidate()
         value = RouteValue.for_ifindex(flags, ifindex) if ifindex else RouteValue(flags=flags, next_hop=next_hop or "0.0.0.0")
         self.maps["cebpf_routes"].update(RouteKey(cidr).to_bytes(), value.to_bytes())
 
     def set_frontend(self, addr, port: int, proto, value: NatFrontendValue) -> None:
         """Exact-match frontend (the per-packet path): ``cebpf_nat_feh``."""
-        self.maps["cebpf_nat_feh"].update(fe_hash_key(addr, port, _proto(proto)), value.to_bytes())
+        self.reconciler.invalidate_nat()
+        self.maps["cebpf_nat_feh"].update(NatFrontendHashKey(addr, port, _proto(proto)).to_bytes(), value.to_bytes())
 
     def delete_frontend(self, addr, port: int, proto) -> bool:
-        return self.maps["cebpf_nat_feh"].delete(fe_hash_key(addr, port, _proto(proto)))
+        self.reconciler.invalidate_nat()
+        return self.maps["cebpf_nat_feh"].delete(NatFrontendHashKey(addr, port, _proto(proto)).to_bytes())
 
     def set_source_range_frontend(self, addr, port: int, proto, src_cidr, value: NatFrontendValue) -> None:
         """A loadBalancerSourceRanges entry in the Calico-layout LPM map ``cebpf_nat_fe``.
 
         The exact-match entry for (addr, port, proto) must carry
         ``NAT_FLG_SRC_RANGES`` for the datapath to look here."""
+        self.reconciler.invalidate_nat()
         key = NatFrontendKey(addr=addr, port=port, proto=_proto(proto), src_cidr=src_cidr)
         self.maps["cebpf_nat_fe"].update(key.to_bytes(), value.to_bytes())
 
     def set_backends(self, svc_id: int, backends) -> None:
         """Backends of a service at ordinals 0..n-1 (local ones first): iterable of (ip, port)."""
+        self.reconciler.invalidate_nat()
         be = self.maps["cebpf_nat_be"]
         for ordinal, (addr, port) in enumerate(backends):
             be.update(NatBackendKey(svc_id, ordinal).to_bytes(), NatBackendValue(addr=addr, port=port).to_bytes())
 
     def set_failsafe(self, proto, port: int, cidr="0.0.0.0/0", *, outbound: bool = False) -> None:
+        self.reconciler.fsafes.invalidate()
         flags = FailsafeFlags.OUTBOUND if outbound else FailsafeFlags(0)
         key = FailsafeKey(port=port, proto=_proto(proto), cidr=cidr, flags=flags)
         self.maps["cebpf_fsafes"].update(key.to_bytes(), U32Value(1).to_bytes())
