@@ -17,6 +17,10 @@ from calico_ebpf.errors import CalicoEBPFError
 COMMAND_MODULES = (
     "calico_ebpf.cli.preflight",
     "calico_ebpf.cli.dump",
+    "calico_ebpf.cli.conntrack",
+    "calico_ebpf.cli.lab",
+    "calico_ebpf.cli.install",
+    "calico_ebpf.cli.trace",
 )
 
 # Exit codes are part of the interface: scripts test them.
