@@ -17,7 +17,8 @@
  * then conntrack creation, DNAT and forwarding (bpf_redirect_neigh to local
  * workloads, the host stack otherwise).  Services without backends are
  * answered with ICMP port unreachable; a pod reaching itself through a
- * service is masqueraded to the service IP.
+ * service is masqueraded to the service IP.  NodePort flows whose backend
+ * lives on another node travel there in VXLAN (dp_tunnel.h).
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -30,6 +31,7 @@
 #include "dp_route.h"
 #include "dp_nat.h"
 #include "dp_icmp.h"
+#include "dp_tunnel.h"
 
 /* Calico's skb marks: set on packets this datapath redirected to a local
  * workload after conntrack approved both legs (or ICMP it generated), so
@@ -96,6 +98,19 @@ static __always_inline void dp_note_route_dst(struct dp_state *st, struct route_
 /* Send the packet on, by what st->route_*_dst say about its destination:
  * redirect to a local workload's veth (only from ingress hooks; on egress
  * the packet is already on its way), else let the host stack route it. */
+/* Out of a data interface, bypassing the host stack (a NodePort reply
+ * with a source the stack would refuse as martian or RPF-drop); the
+ * kernel routes dst and fills in the MACs. */
+static __always_inline int dp_redirect_out(struct __sk_buff *skb, struct dp_state *st, struct counters_value *c,
+					   __u32 out_ifindex)
+{
+	st->verdict = DP_VERDICT_REDIRECT;
+	st->fwd_ifindex = out_ifindex;
+	dp_set_mark(skb, DP_MARK_BYPASS);
+	dp_count(c, CNT_REDIRECT_NEIGH);
+	return bpf_redirect_neigh(out_ifindex, 0, 0, 0);
+}
+
 static __always_inline int dp_forward(struct __sk_buff *skb, struct dp_state *st, struct counters_value *c,
 				      int bypass)
 {
@@ -110,6 +125,34 @@ static __always_inline int dp_forward(struct __sk_buff *skb, struct dp_state *st
 		dp_set_mark(skb, DP_MARK_BYPASS);
 	dp_count(c, CNT_REDIRECT_NEIGH);
 	return bpf_redirect_neigh(st->fwd_ifindex, 0, 0, 0);
+}
+
+/* Send the packet, encapsulated, to node dst out of out_ifindex; the
+ * kernel fills in the outer MACs (neighbour of the route to dst). */
+static __always_inline int dp_send_encap(struct __sk_buff *skb, struct dp_state *st, struct counters_value *c,
+					 struct tunnel_config *cfg, __u32 dst, __u32 out_ifindex)
+{
+	if (dp_vxlan_encap(skb, cfg->host_ip, cfg->vni, cfg->port, dst))
+		return dp_drop(st, c, CNT_DROP_ENCAP);
+	st->flags |= DP_ST_ENCAP;
+	st->tun_ip = dst;
+	return dp_redirect_out(skb, st, c, out_ifindex);
+}
+
+/* Answer a packet too big for the tunnel with ICMP fragmentation needed
+ * (tunnel MTU), from this node, back where it came from. */
+static __always_inline int dp_send_too_big(struct __sk_buff *skb, struct dp_state *st, struct counters_value *c,
+					   struct tunnel_config *cfg)
+{
+	if (dp_icmp_dest_unreach(skb, ICMP_FRAG_NEEDED, cfg->mtu, cfg->host_ip))
+		return dp_drop(st, c, CNT_DROP_SHORT);
+	st->flags |= DP_ST_ICMP_REPLY | DP_ST_TOO_BIG;
+	st->verdict = DP_VERDICT_REJECT;
+	st->reason = CNT_DROP_ENCAP;
+	st->fwd_ifindex = st->ifindex;
+	dp_count(c, CNT_DROP_ENCAP);
+	dp_set_mark(skb, DP_MARK_BYPASS);
+	return bpf_redirect(st->ifindex, 0);
 }
 
 static __always_inline int dp_apply_rewrites(struct __sk_buff *skb, struct dp_pkt *p, __u32 new_saddr, __u16 new_sport,
@@ -150,9 +193,79 @@ static __always_inline void dp_run_policy(struct __sk_buff *skb, struct dp_state
 
 /* ---- established flows ------------------------------------------------ */
 
+#define DP_TUN_CONTINUE (-1000)
+
+/* Established packets of flows that entered through a data interface
+ * and whose replies must leave the same way, seen on an ingress hook: the
+ * three hops of dp_tunnel.h (tun_ip set), and replies of a local backend
+ * to an external client (EXT_LOCAL).  Returns a TC verdict, or
+ * DP_TUN_CONTINUE for the ordinary path. */
+static __always_inline int dp_established_nodeport(struct __sk_buff *skb, struct dp_pkt *p, struct dp_ct_res *ct,
+						   struct dp_state *st, struct counters_value *c)
+{
+	struct ct_value_v4 *v = ct->v;
+	struct ct_leg *opener = dp_ct_opener_is_a(v) ? &v->a_to_b : &v->b_to_a;
+	__u32 tun_ip = v->tun_ip;
+
+	if (!tun_ip) {
+		/* A local backend answers an external client: its source becomes
+		 * this node's NodePort address, which the host stack would drop
+		 * as martian; send it out where the request came in. */
+		if (ct->rc != DP_CT_ESTABLISHED_SNAT || !dp_is_from_wep(st) || !opener->ifindex)
+			return DP_TUN_CONTINUE;
+		st->flags |= DP_ST_REV_NAT;
+		if (dp_apply_rewrites(skb, p, ct->new_saddr, ct->new_sport, ct->new_daddr, ct->new_dport))
+			return dp_drop(st, c, CNT_DROP_MALFORMED_IP);
+		st->post_nat_ip_src = ct->new_saddr;
+		return dp_redirect_out(skb, st, c, opener->ifindex);
+	}
+
+	struct tunnel_config *cfg = dp_tunnel_cfg();
+	if (!cfg)
+		return DP_TUN_CONTINUE;
+	int np_fwd = v->flags & CT_FLAG_NP_FWD;
+
+	if (np_fwd && ct->rc == DP_CT_ESTABLISHED_DNAT && (st->if_flags & IFACE_HEP)) {
+		/* Ingress node, client -> service: on to the backend's node,
+		 * untranslated (that node does the NAT). */
+		st->post_nat_ip_dst = ct->new_daddr;
+		st->post_nat_dport = ct->new_dport;
+		if (dp_tunnel_too_big(skb, cfg))
+			return dp_send_too_big(skb, st, c, cfg);
+		return dp_send_encap(skb, st, c, cfg, tun_ip, st->ifindex);
+	}
+	if (np_fwd && ct->reply && (st->flags & DP_ST_FROM_TUNNEL)) {
+		/* Ingress node, the reply came back translated: to the client. */
+		st->tun_ip = tun_ip;
+		return dp_redirect_out(skb, st, c, opener->ifindex);
+	}
+	if (!np_fwd && ct->rc == DP_CT_ESTABLISHED_SNAT && dp_is_from_wep(st)) {
+		/* Backend's node, the backend replies: translate back to the
+		 * service, then through the tunnel, or straight to the client
+		 * (DSR), out of the interface the request came in on. */
+		int dsr = dp_tunnel_dsr(cfg) && !(v->flags2 & (CT_FLAG_NP_NO_DSR >> 8));
+		if (!dsr && dp_tunnel_too_big(skb, cfg))
+			return dp_send_too_big(skb, st, c, cfg);
+		st->flags |= DP_ST_REV_NAT;
+		if (dp_apply_rewrites(skb, p, ct->new_saddr, ct->new_sport, ct->new_daddr, ct->new_dport))
+			return dp_drop(st, c, CNT_DROP_MALFORMED_IP);
+		st->post_nat_ip_src = ct->new_saddr;
+		if (dsr) {
+			st->flags |= DP_ST_DSR;
+			st->tun_ip = tun_ip;
+			return dp_redirect_out(skb, st, c, opener->ifindex);
+		}
+		return dp_send_encap(skb, st, c, cfg, tun_ip, opener->ifindex);
+	}
+	return DP_TUN_CONTINUE;
+}
+
+/* hook is st->hook, passed apart so that where the caller knows it as a
+ * constant (dp_main) the compiler drops the other hook's paths: less for
+ * the verifier to walk. */
 static __always_inline int dp_established(struct __sk_buff *skb, struct dp_pkt *p, struct dp_ct_res *ct,
 					  struct dp_state *st, struct counters_value *c, struct ifstate_value *ifs,
-					  int approve)
+					  int approve, __u8 hook)
 {
 	struct ct_value_v4 *v = ct->v;
 	st->ct_rc = ct->rc;
@@ -186,6 +299,12 @@ static __always_inline int dp_established(struct __sk_buff *skb, struct dp_pkt *
 
 	dp_ct_leg_update(v, ct->src_is_a, p, st->hook == HOOK_TC_INGRESS ? st->ifindex : 0,
 			 dp_is_from_wep(st) ? CT_LEG_WORKLOAD : 0, st->ts);
+
+	if ((v->tun_ip || (v->flags & CT_FLAG_EXT_LOCAL)) && hook == HOOK_TC_INGRESS) {
+		int rc = dp_established_nodeport(skb, p, ct, st, c);
+		if (rc != DP_TUN_CONTINUE)
+			return rc;
+	}
 
 	if (ct->new_daddr || ct->new_dport)
 		st->flags |= DP_ST_DNAT;
@@ -236,6 +355,9 @@ static __always_inline int dp_ct_create(struct dp_pkt *p, struct dp_state *st)
 	/* A "to" program's policy speaks for the responder; host -> workload
 	 * and failsafe flows need no further approval either. */
 	int resp_ok = st->hook == HOOK_TC_EGRESS || (st->flags & DP_ST_SKIP_POLICY);
+	/* Forwarded to another node: what comes back is that node's answer. */
+	if (st->flags & DP_ST_NP_FWD)
+		resp_ok = 1;
 	v.last_seen = st->ts;
 
 	__u32 src = st->post_nat_ip_src, dst = st->post_nat_ip_dst;
@@ -272,6 +394,26 @@ static __always_inline int dp_ct_create(struct dp_pkt *p, struct dp_state *st)
 	v.orig_sport = p->sport;
 	if (st->flags & DP_ST_HAIRPIN)
 		v.flags2 |= CT_FLAG_SVC_SELF >> 8;
+	/* tun_ip: the node we forward to (NP_FWD), or the node that forwarded
+	 * to us (from tunnel), whose client the backend answers through it. */
+	v.tun_ip = st->tun_ip;
+	if (st->flags & DP_ST_NP_FWD) {
+		struct tunnel_config *cfg = dp_tunnel_cfg();
+		v.flags |= CT_FLAG_NP_FWD;
+		if (cfg && dp_tunnel_dsr(cfg))
+			v.flags |= CT_FLAG_DSR_FWD;
+	}
+	/* In through a data interface (not the tunnel) to a local backend:
+	 * its replies go back out directly (Calico's EXT_LOCAL). */
+	if (st->hook == HOOK_TC_INGRESS && (st->if_flags & IFACE_HEP) &&
+	    !(st->flags & (DP_ST_NP_FWD | DP_ST_FROM_TUNNEL)) && (st->route_flags_dst & RT_LOCAL_WEP) == RT_LOCAL_WEP)
+		v.flags |= CT_FLAG_EXT_LOCAL;
+	if (st->flags & DP_ST_FROM_TUNNEL) {
+		/* BPFDSROptoutCIDRs: such clients keep the tunnel return. */
+		struct route_value_v4 *rs = dp_route(p->saddr);
+		if (rs && (rs->flags & RT_NO_DSR))
+			v.flags2 |= CT_FLAG_NP_NO_DSR >> 8;
+	}
 	if (bpf_map_update_elem(&cebpf_ct, &k, &v, BPF_ANY))
 		return -1;
 
@@ -292,11 +434,26 @@ static __always_inline int dp_ct_create(struct dp_pkt *p, struct dp_state *st)
 static __always_inline int dp_new_flow_commit(struct __sk_buff *skb, struct dp_pkt *p, struct dp_state *st,
 					      struct counters_value *c)
 {
+	struct tunnel_config *cfg = 0;
+	if (st->flags & DP_ST_NP_FWD) {
+		cfg = dp_tunnel_cfg();
+		if (!cfg)
+			return dp_drop(st, c, CNT_DROP_ENCAP);
+		/* Before conntrack: a client that retries smaller opens afresh. */
+		if (dp_tunnel_too_big(skb, cfg))
+			return dp_send_too_big(skb, st, c, cfg);
+	}
 	if (!(st->flags & DP_ST_NO_CT)) {
 		if (dp_ct_create(p, st))
 			return dp_drop(st, c, CNT_DROP_CT_CREATE);
 		st->flags |= DP_ST_NEW_FLOW;
 		dp_count(c, CNT_CT_NEW);
+	}
+	if (cfg) {
+		/* The backend's node does the NAT: it must know the service
+		 * address to answer from (and, in DSR mode, answers itself). */
+		dp_count(c, CNT_NAT_NEW);
+		return dp_send_encap(skb, st, c, cfg, st->tun_ip, st->ifindex);
 	}
 	if (st->flags & DP_ST_DNAT) {
 		dp_count(c, CNT_NAT_NEW);
@@ -341,7 +498,8 @@ static __always_inline int dp_new_flow(struct __sk_buff *skb, struct dp_pkt *p, 
 	if (ingress && !mid_flow && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)) {
 		struct dp_nat_res nat = {};
 		struct route_value_v4 *rd_pre = 0;
-		int nrc = dp_nat_lookup(p, external, st->ts, &nat, &rd_pre);
+		int from_tun = st->flags & DP_ST_FROM_TUNNEL;
+		int nrc = dp_nat_lookup(p, external, from_tun, st->ts, &nat, &rd_pre);
 		if (nat.rd_looked_up) {
 			rd = rd_pre;
 			rd_known = 1;
@@ -376,6 +534,13 @@ static __always_inline int dp_new_flow(struct __sk_buff *skb, struct dp_pkt *p, 
 			}
 			rd = dp_route(nat.be_addr);
 			rd_known = 1;
+			/* A backend on another node, reached from outside it: forward
+			 * the flow there (dp_tunnel.h).  Never a second hop. */
+			if ((st->if_flags & IFACE_HEP) && !from_tun && rd && !(rd->flags & RT_LOCAL) && rd->next_hop &&
+			    dp_tunnel_cfg()) {
+				st->flags |= DP_ST_NP_FWD;
+				st->tun_ip = rd->next_hop;
+			}
 		}
 	}
 	if (!rd_known)
@@ -459,6 +624,21 @@ static __always_inline int dp_main(struct __sk_buff *skb, __u8 hook)
 		st->verdict = DP_VERDICT_ALLOW;
 		return TC_ACT_OK;
 	}
+	if (hook == HOOK_TC_INGRESS && (ifs->flags & IFACE_HEP) && p.proto == IPPROTO_UDP) {
+		struct tunnel_config *cfg = dp_tunnel_cfg();
+		if (cfg) {
+			int drc = dp_vxlan_decap(skb, &p, cfg, &st->tun_ip);
+			if (drc == DP_DECAP_DROP)
+				return dp_drop(st, c, CNT_DROP_DECAP);
+			if (drc == DP_DECAP_DONE) {
+				/* A NodePort flow forwarded by node tun_ip: from here on
+				 * the client's own packet. */
+				st->flags |= DP_ST_FROM_TUNNEL;
+				if (dp_parse(skb, &p, &reason) != DP_PARSE_OK)
+					return dp_drop(st, c, reason ? reason : CNT_DROP_DECAP);
+			}
+		}
+	}
 	st->ip_src = p.saddr;
 	st->ip_dst = p.daddr;
 	st->post_nat_ip_src = p.saddr;
@@ -496,7 +676,7 @@ static __always_inline int dp_main(struct __sk_buff *skb, __u8 hook)
 		st->flags |= DP_ST_CT_RECYCLED;
 	}
 	if (ct.v)
-		return dp_established(skb, &p, &ct, st, c, ifs, 0);
+		return dp_established(skb, &p, &ct, st, c, ifs, 0, hook);
 	st->ct_rc = DP_CT_NEW;
 	return dp_new_flow(skb, &p, st, c, ifs);
 }
@@ -533,7 +713,8 @@ int cebpf_tc_allowed(struct __sk_buff *skb)
 		dp_ct_lookup(&p, &ct);
 		if (!ct.v)
 			return dp_drop(st, c, CNT_DROP_CT_CREATE);
-		return dp_established(skb, &p, &ct, st, c, 0, 1);
+		/* Only a "to" program asks for a leg approval (dp_established). */
+		return dp_established(skb, &p, &ct, st, c, 0, 1, HOOK_TC_EGRESS);
 	}
 	return dp_new_flow_commit(skb, &p, st, c);
 }

@@ -66,6 +66,10 @@ static __always_inline int dp_ct_closed(struct ct_value_v4 *v)
 	__u32 a = v->a_to_b.flags, b = v->b_to_a.flags;
 	if ((a | b) & CT_LEG_RST_SEEN)
 		return 1;
+	/* The ingress node of a DSR flow never sees the backend's half: one
+	 * FIN closes it there (as Calico). */
+	if (v->flags & CT_FLAG_DSR_FWD)
+		return (a | b) & CT_LEG_FIN_SEEN;
 	return (a & CT_LEG_FIN_SEEN) && (b & CT_LEG_FIN_SEEN);
 }
 

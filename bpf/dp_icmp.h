@@ -14,11 +14,13 @@ struct dp_icmp_unreach {
 	__u8 quote[sizeof(struct iphdr) + 8];
 };
 
-/* Turn the packet into "destination port unreachable" addressed to its
- * sender, from the address it was sent to (the service), and swap the MACs
- * so it can be sent back out of the interface it came in on.  The caller
- * redirects it.  Returns 0 or -1. */
-static __always_inline int dp_icmp_port_unreach(struct __sk_buff *skb)
+/* Turn the packet into an ICMP destination-unreachable error (code) for
+ * its sender, and swap the MACs so it can be sent back out of the
+ * interface it came in on; the caller redirects it.  The error comes from
+ * saddr, or from the address the packet was sent to (the service) when
+ * saddr is 0.  mtu (host order) fills the "next-hop MTU" of fragmentation
+ * needed.  Returns 0 or -1. */
+static __always_inline int dp_icmp_dest_unreach(struct __sk_buff *skb, __u8 code, __u16 mtu, __u32 saddr)
 {
 	struct ethhdr eth;
 	struct dp_icmp_unreach m = {};
@@ -39,12 +41,13 @@ static __always_inline int dp_icmp_port_unreach(struct __sk_buff *skb)
 	m.ip.tot_len = bpf_htons(sizeof(m));
 	m.ip.ttl = 64;
 	m.ip.protocol = IPPROTO_ICMP;
-	m.ip.saddr = orig->daddr;
+	m.ip.saddr = saddr ? saddr : orig->daddr;
 	m.ip.daddr = orig->saddr;
 	m.ip.check = dp_csum_fold(bpf_csum_diff(0, 0, (__be32 *)&m.ip, sizeof(m.ip), 0));
 
 	m.icmp.type = ICMP_DEST_UNREACH;
-	m.icmp.code = ICMP_PORT_UNREACH;
+	m.icmp.code = code;
+	m.icmp.un.frag.mtu = bpf_htons(mtu);
 	m.icmp.checksum = dp_csum_fold(bpf_csum_diff(0, 0, (__be32 *)&m.icmp,
 						     sizeof(m.icmp) + sizeof(m.quote), 0));
 
@@ -55,6 +58,13 @@ static __always_inline int dp_icmp_port_unreach(struct __sk_buff *skb)
 	if (bpf_skb_store_bytes(skb, ETH_HLEN, &m, sizeof(m), 0))
 		return -1;
 	return 0;
+}
+
+/* "Destination port unreachable" from the service, for a service without
+ * backends. */
+static __always_inline int dp_icmp_port_unreach(struct __sk_buff *skb)
+{
+	return dp_icmp_dest_unreach(skb, ICMP_PORT_UNREACH, 0, 0);
 }
 
 /* Rewrite one endpoint (address and port) of the quoted packet, and the

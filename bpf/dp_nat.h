@@ -26,10 +26,13 @@ struct dp_nat_res {
 };
 
 /* external: the source is neither a known host nor a known workload.
+ * from_tun: the packet was forwarded to us by the node the client reached
+ * (dp_tunnel.h): only local backends may serve it (another hop would loop),
+ * and session affinity was that node's decision.
  * *rd_pre: the route of the (pre-NAT) destination, looked up only when the
  * exact frontend misses (a NodePort on a host IP needs it), else NULL. */
-static __always_inline int dp_nat_lookup(struct dp_pkt *p, int external, __u64 now, struct dp_nat_res *res,
-					 struct route_value_v4 **rd_pre)
+static __always_inline int dp_nat_lookup(struct dp_pkt *p, int external, int from_tun, __u64 now,
+					 struct dp_nat_res *res, struct route_value_v4 **rd_pre)
 {
 	struct nat_feh_key_v4 hk = {
 		.addr = p->daddr,
@@ -41,7 +44,11 @@ static __always_inline int dp_nat_lookup(struct dp_pkt *p, int external, __u64 n
 		struct route_value_v4 *rd = dp_route(p->daddr);
 		*rd_pre = rd;
 		res->rd_looked_up = 1;
-		if (rd && (rd->flags & RT_HOST)) {
+		/* The wildcard (NodePort on any host IP) serves only traffic that
+		 * starts on this node or came through the NodePort tunnel: an
+		 * external client reaching a host IP without its own frontend
+		 * (outside nodePortAddresses) is not a service packet. */
+		if (rd && (rd->flags & RT_HOST) && (!external || from_tun)) {
 			hk.addr = NAT_FE_WILDCARD_ADDR;
 			fe = bpf_map_lookup_elem(&cebpf_nat_feh, &hk);
 		}
@@ -69,7 +76,7 @@ static __always_inline int dp_nat_lookup(struct dp_pkt *p, int external, __u64 n
 
 	__u32 count = fe->count;
 	if (((fe->flags & NAT_FLG_INTERNAL_LOCAL) && !external) ||
-	    ((fe->flags & NAT_FLG_EXTERNAL_LOCAL) && external))
+	    ((fe->flags & NAT_FLG_EXTERNAL_LOCAL) && external) || from_tun)
 		count = fe->local; /* local backends sit at ordinals 0..local-1 */
 	res->svc_id = fe->id;
 	res->affinity_timeo = fe->affinity_timeo;
@@ -78,14 +85,15 @@ static __always_inline int dp_nat_lookup(struct dp_pkt *p, int external, __u64 n
 		return DP_NAT_NO_BACKEND;
 
 	struct nat_aff_key_v4 ak = {};
-	if (fe->affinity_timeo) {
+	__u32 affinity_timeo = from_tun ? 0 : fe->affinity_timeo;
+	if (affinity_timeo) {
 		ak.nat_key.addr = hk.addr;
 		ak.nat_key.port = hk.port;
 		ak.nat_key.protocol = hk.protocol;
 		ak.client_ip = p->saddr;
 		struct nat_aff_value_v4 *av = bpf_map_lookup_elem(&cebpf_nat_aff, &ak);
 		/* Signed: a writer using the fine clock may be a jiffy ahead of ours. */
-		if (av && (__s64)(now - av->ts) <= (__s64)fe->affinity_timeo * 1000000000LL) {
+		if (av && (__s64)(now - av->ts) <= (__s64)affinity_timeo * 1000000000LL) {
 			res->be_addr = av->backend.addr;
 			res->be_port = av->backend.port;
 			res->ordinal = 0xffffffff;
@@ -105,7 +113,7 @@ static __always_inline int dp_nat_lookup(struct dp_pkt *p, int external, __u64 n
 	res->be_addr = be->addr;
 	res->be_port = be->port;
 
-	if (fe->affinity_timeo) {
+	if (affinity_timeo) {
 		struct nat_aff_value_v4 av = {
 			.backend = *be,
 			.ts = now,

@@ -210,6 +210,26 @@ static __always_inline int dp_parse(struct __sk_buff *skb, struct dp_pkt *p, __u
 		p->csum_off = DP_UDP_CSUM_OFF;
 		break;
 	}
+	case IPPROTO_SCTP: {
+		/* Only the ports (the first 4 bytes, laid out as in UDP), so SCTP
+		 * associations get a conntrack key of their own and a new one in the
+		 * reverse direction is not mistaken for a reply. Never translated:
+		 * csum_off stays 0 (SCTP's CRC32c covers the payload). */
+		if (l4len < sizeof(struct udphdr) || dp_ensure(skb, DP_L4_OFF + sizeof(struct udphdr))) {
+			*reason = CNT_DROP_SHORT;
+			return DP_PARSE_DROP;
+		}
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		struct udphdr *ports = data + DP_L4_OFF;
+		if ((void *)(ports + 1) > data_end) {
+			*reason = CNT_DROP_SHORT;
+			return DP_PARSE_DROP;
+		}
+		p->sport = bpf_ntohs(ports->source);
+		p->dport = bpf_ntohs(ports->dest);
+		break;
+	}
 	case IPPROTO_ICMP: {
 		if (l4len < sizeof(struct icmphdr) || dp_ensure(skb, DP_L4_OFF + sizeof(struct icmphdr))) {
 			*reason = CNT_DROP_SHORT;

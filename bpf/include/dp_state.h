@@ -96,6 +96,12 @@ enum dp_state_flags {
 	DP_ST_ICMP_INNER_NAT = 0x1000, /* ICMP error: inner header reverse-translated */
 	DP_ST_POLICY_RAN = 0x2000,
 	DP_ST_CT_RECYCLED = 0x4000, /* SYN on a closed flow replaced its entries */
+	/* NodePort forwarding over VXLAN (dp_tunnel.h), tun_ip says which node: */
+	DP_ST_FROM_TUNNEL = 0x8000,  /* arrived VXLAN-encapsulated from node tun_ip, decapsulated */
+	DP_ST_NP_FWD = 0x10000,      /* new flow: this node forwards it to the backend's node tun_ip */
+	DP_ST_ENCAP = 0x20000,       /* sent on VXLAN-encapsulated to node tun_ip */
+	DP_ST_DSR = 0x40000,         /* reply sent straight to the client (bpfExternalServiceMode DSR) */
+	DP_ST_TOO_BIG = 0x80000,     /* answered with ICMP fragmentation needed (tunnel MTU) */
 };
 
 struct dp_state {
@@ -129,7 +135,10 @@ struct dp_state {
 	__u32 ip_len;          /* 88: IP total length */
 	__u32 route_ifindex_dst; /* 92: ifindex of route_flags_dst's route (local workloads) */
 	__u32 trace_token;     /* 96: skb->cb[0] at entry: a test_run caller's tag */
-	__u32 pad;             /* 100 */
+	union {                /* 100: "pad" until tunnels; both names stay in BTF */
+		__u32 tun_ip;  /* the other node of a tunnelled NodePort flow, 0 = none */
+		__u32 pad;
+	};
 };
 
 _Static_assert(sizeof(struct dp_state) == 104, "dp_state layout is a contract");

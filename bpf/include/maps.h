@@ -17,6 +17,7 @@
 #include "counters.h"
 #include "nat_fe_hash.h"
 #include "dp_state.h"
+#include "tunnel.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -121,5 +122,15 @@ struct {
 	__uint(value_size, sizeof(__u32));
 	__uint(max_entries, DP_PROG_MAX);
 } cebpf_progs SEC(".maps");
+
+/* --- NodePort forwarding over VXLAN (helper D2) ----------------------- */
+
+/* The node's tunnel settings, key 0 (see tunnel.h); all zero = off. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct tunnel_config);
+	__uint(max_entries, 1);
+} cebpf_tunnel SEC(".maps");
 
 #endif

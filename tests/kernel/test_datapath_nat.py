@@ -228,13 +228,22 @@ def test_hairpin_is_masqueraded_as_the_service(env):
 
 
 def test_nodeport_wildcard_matches_host_ips_only(env):
+    """The wildcard frontend (NodePort on any host IP) serves traffic that starts on this node
+    (a pod here); an external client reaches a NodePort only on a host IP that has its own
+    frontend (Calico's lookup, reference §3.2: nodePortAddresses decides which)."""
     env.dp.set_backends(11, [(POD_B, 8080)])
     env.dp.set_frontend("255.255.255.255", 30080, "tcp", NatFrontendValue(id=11, count=1))
-    res = env.run("from", P.tcp(EXTERNAL, 5555, HOST_IP, 30080), env.HEP)
+    res = env.run("from", P.tcp(POD_A, 5555, HOST_IP, 30080), env.A)
+    out = P.check_checksums(res.data)
+    assert (out[IP].dst, out[TCP].dport, out[IP].src) == (POD_B, 8080, POD_A)
+    res = env.run("from", P.tcp(POD_A, 5556, "10.0.0.99", 30080), env.A)
+    assert not res.state.flags & StateFlags.DNAT and P.parse(res.data)[IP].dst == "10.0.0.99"
+    res = env.run("from", P.tcp(EXTERNAL, 5557, HOST_IP, 30080), env.HEP)
+    assert not res.state.flags & StateFlags.DNAT and P.parse(res.data)[IP].dst == HOST_IP
+    env.dp.set_frontend(HOST_IP, 30080, "tcp", NatFrontendValue(id=11, count=1))
+    res = env.run("from", P.tcp(EXTERNAL, 5558, HOST_IP, 30080), env.HEP)
     out = P.check_checksums(res.data)
     assert (out[IP].dst, out[TCP].dport, out[IP].src) == (POD_B, 8080, EXTERNAL)
-    res = env.run("from", P.tcp(EXTERNAL, 5556, "10.0.0.99", 30080), env.HEP)
-    assert not res.state.flags & StateFlags.DNAT and P.parse(res.data)[IP].dst == "10.0.0.99"
 
 
 def test_nat_exclude_leaves_packet_alone(env):

@@ -228,9 +228,6 @@ def test_a_restarted_manager_adopts_ip_sets_and_replaces_programs(env, pm):
         again.close()
 
 
-@pytest.mark.xfail(strict=True, reason="datapath: SCTP ports are not parsed, so every SCTP flow of an address "
-                                       "pair shares one conntrack entry and a new flow in the other direction "
-                                       "passes as a reply (bpf/dp_packet.h)")
 def test_sctp_flow_in_the_other_direction_is_policed(env, pm):
     deny_egress_b = k8s_np("b-out", "x", {"podSelector": {"matchLabels": {"app": "cli"}}, "policyTypes": ["Egress"],
                                           "egress": []})
@@ -241,7 +238,7 @@ def test_sctp_flow_in_the_other_direction_is_policed(env, pm):
 
 
 def test_tcp_with_the_same_policy_is_policed_in_the_other_direction(env, pm):
-    """The control for the SCTP case above: with ports in the conntrack key it holds."""
+    """The control for the SCTP case above: TCP has always had ports in the conntrack key."""
     deny_egress_b = k8s_np("b-out", "x", {"podSelector": {"matchLabels": {"app": "cli"}}, "policyTypes": ["Egress"],
                                           "egress": []})
     pm.sync(model(deny_egress_b), endpoints(env))

@@ -112,11 +112,6 @@ def run_case(node: NineNode, case: dict) -> tuple[int, list[str], list[str]]:
             denied = {tuple(pair) for pair in case["expected"].get(name, [])}
             node.dp.maps["cebpf_ct"].clear()
             for sport, (client, server) in enumerate(((c, s) for c in ips for s in ips), start=20000):
-                if proto == "SCTP":
-                    # The datapath does not parse SCTP ports (all SCTP flows of an address pair
-                    # share one conntrack entry, see test_dp_policy), so each pair starts with an
-                    # empty table: the vectors judge every pair as a new flow.
-                    node.dp.maps["cebpf_ct"].clear()
                 allowed, how = node.probe(proto, client, server, port, sport)
                 checked += 1
                 if not allowed and "DROP_POLICY" not in how:
