@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "calico_ebpf.cli.lab",
     "calico_ebpf.cli.install",
     "calico_ebpf.cli.trace",
+    "calico_ebpf.cli.agent",
 )
 
 # Exit codes are part of the interface: scripts test them.
