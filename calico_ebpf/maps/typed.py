@@ -60,6 +60,8 @@ class TypedMap(Generic[K, V]):
         vt = self.value_type
         if not self.map.is_percpu:
             return codec.decode_many(vt, vbuf, n)
+        if n == 0:  # an empty per-CPU dump: numpy cannot reshape a zero-length view
+            return []
         cpus, size = self.map.nr_cpus, vt.size()
         stride = (size + 7) & ~7
         flat = np.frombuffer(vbuf, dtype=np.uint8, count=n * cpus * stride).reshape(n * cpus, stride)

@@ -243,3 +243,11 @@ def test_repr_html_is_short():
     html = be._repr_html_()
     assert "30 entries" in html and html.count("<tr>") == 1 + 20 + 1 and "10 more" in html
     be.map.close()
+
+
+def test_empty_per_cpu_map_dumps_as_empty():
+    counters = named.Counters.create(16)
+    try:
+        assert list(counters.items()) == [] and len(counters) == 0
+    finally:
+        counters.map.close()
