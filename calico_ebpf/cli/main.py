@@ -30,17 +30,31 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="calico-ebpf", description=__doc__.splitlines()[0])
+def _command_of(argv: list[str]) -> str | None:
+    """The command word of ``argv`` (the first non-option argument), if any."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command`` naming one of ours, only that command's module is imported.
+
+    Each module is named after its command. Importing every module costs about
+    a second (the Kubernetes client, pyroute2, the dataplane), which a
+    one-shot ``calico-ebpf dump`` should not pay; ``--help`` still lists all.
+    """
+    parser = argparse.ArgumentParser(
+        prog="calico-ebpf", description="An eBPF Kubernetes dataplane in the style of Calico's eBPF mode.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log libbpf and debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    names = [m for m in COMMAND_MODULES if m.rsplit(".", 1)[1] == command] or COMMAND_MODULES
+    for name in names:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
