@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install build test test-unit test-kernel bench bench-quick clean
+.PHONY: install build test test-unit test-kernel bench bench-quick clean demo
 
 install: $(STAMP)
 
@@ -40,3 +40,8 @@ bench: build
 clean:
 	rm -rf build dist *.egg-info calico_ebpf/_bpf/*.o
 	find calico_ebpf -name '*.so' -delete
+
+# The main job: a two-node lab cluster with our datapath on every node, real
+# traffic, PASS/FAIL per check, then teardown (root; see `calico-ebpf demo -h`).
+demo: build
+	$(PY) -m calico_ebpf.cli.main demo

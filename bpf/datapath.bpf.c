@@ -32,6 +32,7 @@
 #include "dp_nat.h"
 #include "dp_icmp.h"
 #include "dp_tunnel.h"
+#include "dp_reset.h"
 
 /* Calico's skb marks: set on packets this datapath redirected to a local
  * workload after conntrack approved both legs (or ICMP it generated), so
@@ -151,6 +152,25 @@ static __always_inline int dp_send_too_big(struct __sk_buff *skb, struct dp_stat
 	st->reason = CNT_DROP_ENCAP;
 	st->fwd_ifindex = st->ifindex;
 	dp_count(c, CNT_DROP_ENCAP);
+	dp_set_mark(skb, DP_MARK_BYPASS);
+	return bpf_redirect(st->ifindex, 0);
+}
+
+/* Answer a packet of a SEND_RESET flow with a TCP RST, back where it came
+ * from (its conntrack entries are already gone); a RST itself is dropped. */
+static __always_inline int dp_send_reset(struct __sk_buff *skb, struct dp_pkt *p, struct dp_state *st,
+					 struct counters_value *c)
+{
+	/* The sender ends the flow itself; its peer (a backend) is gone. */
+	if (p->tcp_flags & TCP_FL_RST)
+		return dp_drop(st, c, CNT_DROP_BLACKHOLE);
+	if (dp_tcp_rst_reply(skb))
+		return dp_drop(st, c, CNT_DROP_SHORT);
+	st->flags |= DP_ST_SENT_RESET;
+	st->verdict = DP_VERDICT_REJECT;
+	st->reason = CNT_REDIRECT;
+	st->fwd_ifindex = st->ifindex;
+	dp_count(c, CNT_REDIRECT);
 	dp_set_mark(skb, DP_MARK_BYPASS);
 	return bpf_redirect(st->ifindex, 0);
 }
@@ -674,6 +694,19 @@ static __always_inline int dp_main(struct __sk_buff *skb, __u8 hook)
 		dp_ct_delete_pair(&ct);
 		ct.v = 0;
 		st->flags |= DP_ST_CT_RECYCLED;
+	}
+	if (ct.v && hook == HOOK_TC_INGRESS && p.proto == IPPROTO_TCP &&
+	    (ct.v->flags3 & (CT_FLAG_SEND_RESET >> 16))) {
+		/* The flow's backend left its service (stale NAT): a new SYN
+		 * opens afresh to a live backend; anything else ends the flow
+		 * with a RST to its sender. */
+		dp_ct_delete_pair(&ct);
+		ct.v = 0;
+		st->ct_rc = DP_CT_ESTABLISHED;
+		if ((p.tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) == TCP_FL_SYN)
+			st->flags |= DP_ST_CT_RECYCLED;
+		else
+			return dp_send_reset(skb, &p, st, c);
 	}
 	if (ct.v)
 		return dp_established(skb, &p, &ct, st, c, ifs, 0, hook);

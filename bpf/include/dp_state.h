@@ -66,7 +66,7 @@ enum dp_verdict {
 	DP_VERDICT_ALLOW = 1,    /* TC_ACT_OK: continue through the host stack */
 	DP_VERDICT_DROP = 2,     /* TC_ACT_SHOT */
 	DP_VERDICT_REDIRECT = 3, /* sent to fwd_ifindex (to a local workload) */
-	DP_VERDICT_REJECT = 4,   /* answered with ICMP port unreachable */
+	DP_VERDICT_REJECT = 4,   /* answered with ICMP port unreachable (or a TCP RST) */
 };
 
 /* Conntrack outcome of the packet (ct_rc). */
@@ -102,6 +102,7 @@ enum dp_state_flags {
 	DP_ST_ENCAP = 0x20000,       /* sent on VXLAN-encapsulated to node tun_ip */
 	DP_ST_DSR = 0x40000,         /* reply sent straight to the client (bpfExternalServiceMode DSR) */
 	DP_ST_TOO_BIG = 0x80000,     /* answered with ICMP fragmentation needed (tunnel MTU) */
+	DP_ST_SENT_RESET = 0x100000, /* conntrack said SEND_RESET: answered with a TCP RST, entries deleted */
 };
 
 struct dp_state {

@@ -70,6 +70,19 @@ class NodeConfig:
     failsafes_inbound: tuple[Failsafe, ...] = ()
     failsafes_outbound: tuple[Failsafe, ...] = ()
     services: ServicesConfig = attrs.Factory(ServicesConfig)
+    #: This node's underlay address (its first InternalIP): the source of NodePort VXLAN packets
+    #: it forwards and the address it decapsulates them on. None: NodePort forwarding stays off.
+    underlay_ip: str | None = None
+    #: FelixConfiguration ``bpfExternalServiceMode``: "Tunnel" (replies return through the
+    #: forwarding node) or "DSR" (the backend's node answers the client directly).
+    external_service_mode: str = "Tunnel"
+    #: FelixConfiguration ``vxlanPort``: the UDP port of NodePort VXLAN.
+    vxlan_port: int = 4789
+    #: MTU of the underlay (data interface); None: read from the registered data interface
+    #: when the tunnel is configured (1500 if there is none).
+    underlay_mtu: int | None = None
+    #: False: ``apply`` never configures NodePort forwarding (remote backends via the host stack).
+    nodeport_tunnel: bool = True
 
     @classmethod
     def from_state(cls, state: ClusterState, node: str | None = None) -> NodeConfig:
@@ -88,13 +101,17 @@ class NodeConfig:
         return cls(node=node, host_ips=obj.ips(4), map_sizes=sizes,
                    failsafes_inbound=_failsafes(felix.failsafe_inbound_host_ports),
                    failsafes_outbound=_failsafes(felix.failsafe_outbound_host_ports),
-                   services=ServicesConfig.from_state(state))
+                   services=ServicesConfig.from_state(state), underlay_ip=obj.primary_ip(4),
+                   external_service_mode=felix.bpf_external_service_mode, vxlan_port=felix.vxlan_port)
 
     def updated_from(self, state: ClusterState) -> NodeConfig:
-        """This config with what may change at run time (host IPs, failsafes, service knobs) taken
-        from ``state``; the node and map sizes stay (they are fixed at load)."""
+        """This config with what may change at run time (host IPs, failsafes, service knobs, the
+        NodePort tunnel's address and mode) taken from ``state``; the node, map sizes and what the
+        caller set by hand (``underlay_mtu``, ``nodeport_tunnel``) stay."""
         fresh = NodeConfig.from_state(state, self.node)
         # nodePortAddresses follows the KubeProxyConfiguration; other service knobs stay as given
         services = attrs.evolve(self.services, node_port_addresses=fresh.services.node_port_addresses)
         return attrs.evolve(self, host_ips=fresh.host_ips, failsafes_inbound=fresh.failsafes_inbound,
-                            failsafes_outbound=fresh.failsafes_outbound, services=services)
+                            failsafes_outbound=fresh.failsafes_outbound, services=services,
+                            underlay_ip=fresh.underlay_ip, external_service_mode=fresh.external_service_mode,
+                            vxlan_port=fresh.vxlan_port)

@@ -26,11 +26,14 @@ from importlib.resources import files
 from typing import TYPE_CHECKING
 
 from calico_ebpf.dataplane.config import NodeConfig
+from calico_ebpf.dataplane.conntrack import read_size_file, remove_stale_nat
 from calico_ebpf.dataplane.reconcile import ApplyReport, PolicySync, Reconciler
 from calico_ebpf.dataplane.state import SIZE as STATE_SIZE
 from calico_ebpf.dataplane.state import DpState, ProgSlot
+from calico_ebpf.dataplane.tunnel import clear_tunnel, set_tunnel
 from calico_ebpf.kernel import BPFObject
 from calico_ebpf.kernel.attach import TcAttachment
+from calico_ebpf.kernel.migrate import prepare_object_pins
 from calico_ebpf.maps.entries import (
     CounterHook,
     CountersKey,
@@ -60,6 +63,8 @@ if TYPE_CHECKING:
     from calico_ebpf.model.state import ClusterState
 
 OBJECT_NAME = "datapath.o"
+_CT_MAP = "cebpf_ct"
+_UNSET = object()
 
 #: Programs attached to every managed interface, by tc direction.
 HOOK_PROGRAMS = {"ingress": "cebpf_from_ifc", "egress": "cebpf_to_ifc"}
@@ -151,11 +156,20 @@ class Dataplane:
     ``max_entries`` overrides sizes by BPF map name. ``pin_dir`` None loads
     a scratch, unpinned instance; a directory pins the maps there, and a
     Dataplane opened on an existing directory re-adopts what it holds (the
-    first :meth:`apply` reads the maps back and writes only differences).
+    first :meth:`apply` reads the maps back and writes only differences);
+    pins whose size differs from the wanted one (e.g. a bigger conntrack) are
+    migrated with their entries (``migrations`` says what happened).
+    ``ct_size_file`` is the conntrack size ConntrackManager recommended
+    (``read_size_file``); ``clean_stale_nat`` False leaves conntrack alone
+    after an apply removed backends::
+
+        dp = Dataplane(cfg, pin_dir=default_pin_dir("node-1"), ct_size_file="/var/lib/calico/bpf_ct_map_size")
+        dp.migrations["cebpf_ct"].action        # "resized": entries copied to the bigger map
     """
 
     def __init__(self, config: NodeConfig | None = None, *, pin_dir: str | None = None,
-                 max_entries: dict[str, int] | None = None, object_path: str | None = None):
+                 max_entries: dict[str, int] | None = None, object_path: str | None = None,
+                 ct_size_file: str | os.PathLike | None = None, clean_stale_nat: bool = True):
         self.config = config
         self.pin_dir = pin_dir
         sizes = dict(SCRATCH_MAX_ENTRIES) if pin_dir is None else {}
@@ -164,13 +178,28 @@ class Dataplane:
         sizes.update(max_entries or {})
         path = object_path or str(files("calico_ebpf._bpf") / OBJECT_NAME)
         self._obj = BPFObject.open(path, pin_dir=pin_dir, max_entries=sizes)
+        #: What happened to each pinned map at load (``kernel.migrate.MigrationResult`` by map
+        #: name: created, reused, resized with its entries copied, or recreated); {} unpinned.
+        self.migrations: dict = {}
         try:
-            self._obj.load()
+            if ct_size_file is not None:
+                # ConntrackManager's DoubleIfFull recommendation from an earlier run: a map
+                # cannot grow in place, so the bigger size takes effect here, at load.
+                ct = _CT_MAP
+                self._obj.set_max_entries(ct, read_size_file(ct_size_file, self._obj_max_entries(ct)))
+            self._load(pin_dir)
             self._maps = DataplaneMaps(self._obj.maps)
             self._wire_continuations()
         except BaseException:
             self._obj.close()
             raise
+        #: Clean conntrack after an apply removed backends (``remove_stale_nat``): UDP flows to
+        #: a gone backend pick a live one on their next packet, TCP flows are marked SEND_RESET.
+        #: Off for callers that measure apply alone (benchmarks) or clean conntrack themselves.
+        self.clean_stale_nat = clean_stale_nat
+        self._tunnel_written: object = _UNSET  # TunnelConfig apply last wrote (None: cleared)
+        self._netns: dict[int, object] = {}  # ifindex -> netns given to attach()
+        self._mtus: dict[int, int] = {}  # ifindex -> MTU read from the interface
         self._attachments: dict[tuple[int, str], TcAttachment] = {}
         self._ifnames: dict[str, int] = {}
         self._token = int.from_bytes(os.urandom(4), "little")
@@ -179,6 +208,27 @@ class Dataplane:
         #: then ends with ``policy_sync.sync(state, endpoints)`` for the registered local pods.
         self.policy_sync: PolicySync | None = None
         self.last_report: ApplyReport | None = None
+
+    def _obj_max_entries(self, name: str) -> int:
+        from calico_ebpf.kernel._lib import lib
+
+        return lib.bpf_map__max_entries(self._obj._map_handle(name))
+
+    def _load(self, pin_dir: str | None) -> None:
+        if pin_dir is None:
+            self._obj.load()
+            return
+        # Pins made with other sizes (a bigger conntrack from bpfMapSizeConntrack or the size
+        # file, a new NAT size) would make libbpf refuse to reuse them: move them aside, let
+        # libbpf create the maps at the new size, then copy the entries over.
+        mig = prepare_object_pins(self._obj)
+        try:
+            self._obj.load()
+        except BaseException:
+            mig.abort()
+            raise
+        mig.finish(self._obj)
+        self.migrations = dict(mig.results)
 
     @classmethod
     def from_state(cls, state: ClusterState, node: str | None = None, pin_dir: str | None = None,
@@ -209,11 +259,53 @@ class Dataplane:
         report (object and field) and change nothing; everything else is
         applied. A map that cannot take the change raises MapFullError
         naming it, with the previous state left in place.
+
+        After the writes: NodePort forwarding over VXLAN is configured from the
+        config (this node's InternalIP, ``bpfExternalServiceMode``, the data
+        interface's MTU) when that changed, and, unless ``clean_stale_nat`` is
+        off, conntrack of the backends the apply removed
+        (``report.removed_backends``) is cleaned (``report.stale_nat``).
         """
         report = self.reconciler.apply(state, node)
         self.config = self.reconciler.config
         self.last_report = report
+        self._sync_tunnel()
+        if report.removed_backends and self.clean_stale_nat:
+            removed = {(ip, port, proto) for (_fip, _fport, proto), bes in report.removed_backends.items()
+                       for ip, port in bes}
+            live = self.reconciler.live_backends({(ip, port) for ip, port, _ in removed})
+            report.stale_nat = remove_stale_nat(self.maps[_CT_MAP], removed, live=live)
         return report
+
+    def _sync_tunnel(self) -> None:
+        """NodePort forwarding as the config says; written only when that changed since the last
+        apply, so a hand-made setting (``tunnel.set_tunnel``) stands until the config changes."""
+        cfg = self.config
+        want = None
+        if cfg is not None and cfg.nodeport_tunnel and cfg.underlay_ip and ":" not in cfg.underlay_ip:
+            want = (cfg.underlay_ip, cfg.underlay_mtu or self.data_interface_mtu(), cfg.external_service_mode,
+                    cfg.vxlan_port)
+        if want == self._tunnel_written:
+            return
+        if want is None:
+            clear_tunnel(self)
+        else:
+            ip, mtu, mode, port = want
+            set_tunnel(self, ip, underlay_mtu=mtu, mode=mode, port=port)
+        self._tunnel_written = want
+
+    def data_interface_mtu(self, default: int = 1500) -> int:
+        """MTU of the first registered data interface (``kind="hep"``), ``default`` if there is none."""
+        for name, ifindex in sorted(self._ifnames.items(), key=lambda kv: kv[1]):
+            v = self.interface(ifindex)
+            if v is None or IfaceFlags.HEP not in v.flags:
+                continue
+            mtu = self._mtus.get(ifindex)
+            if mtu is None:
+                mtu = self._mtus[ifindex] = _link_mtu(ifindex, name, self._netns.get(ifindex)) or 0
+            if mtu:
+                return mtu
+        return default
 
     def trace(self, packet, **kwargs):
         """Run ``packet`` (``"tcp 10.0.0.2:40000 -> 172.30.0.41:80"``) hop by hop through the
@@ -266,17 +358,23 @@ class Dataplane:
     # ---- interfaces ------------------------------------------------------
 
     def set_interface(self, ifindex: int, name: str, kind: str, *, ingress_policy: int = -1,
-                      egress_policy: int = -1) -> None:
+                      egress_policy: int = -1, netns=None) -> None:
         """Tell the datapath what ``ifindex`` is: ``kind`` "wep" (pod veth, host side) or "hep" (data interface).
 
         Policy slots are the endpoint's view: ``ingress_policy`` for packets
         going to it, ``egress_policy`` for packets it sends; -1 = no policy.
+        ``netns`` (a Netns or its name; None: the caller's) is where the
+        interface lives, for reading a data interface's MTU.
         """
+        if netns is not None:
+            self._netns[ifindex] = netns
+            self._mtus.pop(ifindex, None)
         flags = {"wep": IfaceFlags.WEP, "hep": IfaceFlags.HEP}[kind] | IfaceFlags.V4_READY
         value = IfStateValue(flags=flags, name=name, ingress_policy_v4=ingress_policy, egress_policy_v4=egress_policy)
         self.maps["cebpf_ifstate"].update(IfStateKey(ifindex).to_bytes(), value.to_bytes())
         if self._ifnames.get(name) != ifindex:
             self._ifnames[name] = ifindex
+            self._mtus.pop(ifindex, None)
             self.reconciler.resync_routes()  # a pod's route carries its veth's ifindex
 
     def ifindex_of(self, name: str) -> int:
@@ -298,7 +396,8 @@ class Dataplane:
     def attach(self, ifindex: int, name: str, kind: str, *, netns=None, ingress_policy: int = -1,
                egress_policy: int = -1) -> None:
         """Register the interface and attach the tc programs to both of its hooks (replacing ours)."""
-        self.set_interface(ifindex, name, kind, ingress_policy=ingress_policy, egress_policy=egress_policy)
+        self.set_interface(ifindex, name, kind, ingress_policy=ingress_policy, egress_policy=egress_policy,
+                           netns=netns)
         for direction, prog in HOOK_PROGRAMS.items():
             att = TcAttachment.find(ifindex, direction, netns=netns)
             if att is not None:
@@ -403,6 +502,27 @@ class Dataplane:
         res = prog.test_run(packet, ctx=bytes(ctx), repeat=repeat)
         out_mark = struct.unpack_from("<I", res.ctx_out, 8)[0] if res.ctx_out else 0
         return RunResult(res.retval, res.data_out, out_mark, self.last_state(self._token), res.duration_ns)
+
+
+def _link_mtu(ifindex: int, name: str, netns) -> int | None:
+    """The MTU of ``ifindex`` in ``netns`` (None: the caller's), None if it cannot be read or the
+    interface there is not ``name`` (an ifindex registered from another namespace)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from calico_ebpf.kernel.netns import NetnsError, iproute
+
+    try:
+        ipr = netns.iproute() if hasattr(netns, "iproute") else iproute(netns)
+        try:
+            links = ipr.get_links(ifindex)
+        finally:
+            if not hasattr(netns, "iproute"):  # a Netns caches its socket and closes it itself
+                ipr.close()
+        if not links or links[0].get_attr("IFLA_IFNAME") != name:
+            return None
+        return int(links[0].get_attr("IFLA_MTU"))
+    except (OSError, NetlinkError, NetnsError):  # gone, or a namespace we cannot open: the caller falls back
+        return None
 
 
 def default_pin_dir(node: str) -> str:

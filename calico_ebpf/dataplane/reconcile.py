@@ -38,6 +38,7 @@ from calico_ebpf.dataplane.nat_sync import BE, FE_LPM, FEH, NatView, ServiceNat,
 from calico_ebpf.dataplane.route_sync import NodeRoutes
 from calico_ebpf.dataplane.small_maps import RouteEntries, TypedMapSync, desired_failsafes
 from calico_ebpf.errors import CalicoEBPFError, UnsupportedError
+from calico_ebpf.maps.enums import Proto
 from calico_ebpf.maps.named import Failsafes, Routes
 from calico_ebpf.model.state import ClusterState
 
@@ -83,6 +84,11 @@ class ApplyReport:
     #: seconds spent finding changes + compiling + diffing ("compile") and writing ("write")
     timings: dict[str, float] = field(default_factory=dict)
     policy: Any = None
+    #: Backends this apply took away, by service frontend: ``{(ip, port, "tcp"): ((ip, port), ...)}``
+    #: (a frontend that went away lists all of its backends). Their conntrack is cleaned after the
+    #: writes (``Dataplane.clean_stale_nat``); the result of that is ``stale_nat``.
+    removed_backends: dict[tuple[str, int, str], tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    stale_nat: Any = None  # conntrack.StaleNatResult, or None when not cleaned
 
     @property
     def writes(self) -> int:
@@ -101,12 +107,18 @@ class ApplyReport:
             "full": self.full,
             "seconds": self.seconds,
             "timings": dict(self.timings),
+            "removed_backends": {f"{ip}:{port}/{proto}": [f"{b}:{bp}" for b, bp in bes]
+                                 for (ip, port, proto), bes in self.removed_backends.items()},
+            "stale_nat": None if self.stale_nat is None else {
+                k: getattr(self.stale_nat, k) for k in ("deleted", "reset", "flows", "tcp_flows")},
         }
 
     def __str__(self) -> str:
         parts = [f"{name} +{c.added} ~{c.changed} -{c.removed}" for name, c in self.changes.items() if c.total]
         text = (f"node {self.node}: {self.services} services, {'full' if self.full else 'incremental'} "
                 f"apply in {self.seconds * 1e3:.1f} ms: {', '.join(parts) or 'no changes'}")
+        if self.removed_backends:
+            text += f"; {sum(map(len, self.removed_backends.values()))} backends removed"
         for label, items in (("rejected", self.rejected), ("unsupported", self.unsupported),
                              ("conflict", self.conflicts)):
             text += "".join(f"\n  {label}: {e}" for e in items)
@@ -482,6 +494,7 @@ class Reconciler:
             if p is not None:
                 sync.check(p)
         nat_sync.check_capacity(self.dp.maps, self.nat_view, nat.plan)
+        removed = removed_backends(self.nat_view, nat.plan)
 
         if route_plan is not None:
             self.routes.write(route_plan)  # new routes before anything can send to them
@@ -503,6 +516,49 @@ class Reconciler:
             report.changes[name] = MapChanges(*counts)
         report.changes[ROUTES] = MapChanges(*(route_plan.counts if route_plan else (0, 0, 0)))
         report.changes[FSAFES] = MapChanges(*(fsafe_plan.counts if fsafe_plan else (0, 0, 0)))
+        report.removed_backends = removed
+
+    def live_backends(self, backends) -> dict[tuple[str, int, int], set[tuple[str, int]]]:
+        """``{(frontend ip, port, proto number): {(ip, port), ...}}`` as the maps hold them now,
+        for the frontends that still have one of ``backends`` ((ip, port) pairs): a flow to such a
+        frontend keeps its backend (``remove_stale_nat``'s ``live``)."""
+        wanted = set(backends)
+        view = self.nat_view
+        if not wanted or view is None:
+            return {}
+        live = {}
+        for table in (view.feh, view.lpm):
+            for k, v in table.items():
+                block = view.blocks.get(v[0], ())
+                if any(b in wanted for b in block):
+                    live.setdefault((nat_sync.int_ip(k[0]), k[1], k[2]), set()).update(b for b in block if b)
+        return live
+
+
+def removed_backends(view: NatView, plan: nat_sync.NatPlan) -> dict[tuple[str, int, str], tuple[tuple[str, int], ...]]:
+    """The backends ``plan`` takes away from each frontend of ``view`` (before it is written)."""
+    gone: dict[int, tuple] = {}
+    for sid, new in plan.block_updates.items():
+        old = view.blocks.get(sid, ())
+        left = set(old) - set(new or ()) - {None}
+        if left:
+            gone[sid] = tuple(sorted(left))
+    out: dict[tuple[str, int, str], tuple[tuple[str, int], ...]] = {}
+    if not gone:
+        return out
+    for table in (view.feh, view.lpm):
+        for k, v in table.items():
+            bes = gone.get(v[0])
+            if bes:
+                out.setdefault((nat_sync.int_ip(k[0]), k[1], _proto_name(k[2])), bes)
+    return out
+
+
+def _proto_name(proto: int) -> str:
+    try:
+        return Proto(proto).name.lower()
+    except ValueError:
+        return str(proto)
 
 
 @dataclass

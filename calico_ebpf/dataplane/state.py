@@ -69,6 +69,13 @@ class StateFlags(enum.IntFlag, boundary=enum.KEEP):
     ICMP_INNER_NAT = 0x1000
     POLICY_RAN = 0x2000
     CT_RECYCLED = 0x4000
+    # NodePort forwarding over VXLAN (bpf/dp_tunnel.h); DpState.tun_ip names the other node.
+    FROM_TUNNEL = 0x8000   # arrived VXLAN-encapsulated from node tun_ip, decapsulated
+    NP_FWD = 0x10000       # new flow forwarded to the backend's node tun_ip
+    ENCAP = 0x20000        # sent on VXLAN-encapsulated to node tun_ip
+    DSR = 0x40000          # reply sent straight to the client (bpfExternalServiceMode DSR)
+    TOO_BIG = 0x80000      # answered with ICMP fragmentation needed (tunnel MTU)
+    SENT_RESET = 0x100000  # the flow's conntrack said SEND_RESET: answered with a TCP RST, entries gone
     NO_CT = 0x80000000
 
 
@@ -118,15 +125,18 @@ class DpState:
     ip_len: int
     route_ifindex_dst: int
     trace_token: int
+    #: The other node of a tunnelled NodePort flow (None: not tunnelled).
+    tun_ip: ipaddress.IPv4Address | None = None
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DpState:
         f = struct.unpack_from(_FMT, data)
         (ts, src, dst, pdst, psrc, sport, dport, pdport, proto, itype, icode, hook, pdir, verdict,
-         pslot, prc, ifindex, ifflags, flags, ct_rc, reason, svc, ordinal, aff, rts, rtd, fwd, iplen, rtifd, token, _pad) = f
+         pslot, prc, ifindex, ifflags, flags, ct_rc, reason, svc, ordinal, aff, rts, rtd, fwd, iplen, rtifd, token, tun) = f
         return cls(ts, _ip(src), _ip(dst), _ip(pdst), _ip(psrc), sport, dport, pdport, proto, itype, icode, hook,
                    PolicyDir(pdir), Verdict(verdict), pslot, PolicyRc(prc), ifindex, ifflags, StateFlags(flags),
-                   CtResult(ct_rc), reason, svc, ordinal, aff, rts, rtd, fwd, iplen, rtifd, token)
+                   CtResult(ct_rc), reason, svc, ordinal, aff, rts, rtd, fwd, iplen, rtifd, token,
+                   _ip(tun) if tun else None)
 
     @property
     def reason_name(self) -> str:

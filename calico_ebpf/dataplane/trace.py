@@ -101,21 +101,15 @@ _CT_WORDS = {
 }
 
 
-def _flag(name: str, bit: int) -> StateFlags:
-    # NodePort-over-VXLAN flags (dp_state.h) are newer than some decoders: by name when known.
-    return getattr(StateFlags, name, None) or StateFlags(bit)
-
-
-_FROM_TUNNEL = _flag("FROM_TUNNEL", 0x8000)
-_NP_FWD = _flag("NP_FWD", 0x10000)
-_ENCAP = _flag("ENCAP", 0x20000)
-_DSR = _flag("DSR", 0x40000)
-_TOO_BIG = _flag("TOO_BIG", 0x80000)
+_FROM_TUNNEL = StateFlags.FROM_TUNNEL
+_NP_FWD = StateFlags.NP_FWD
+_ENCAP = StateFlags.ENCAP
+_DSR = StateFlags.DSR
+_TOO_BIG = StateFlags.TOO_BIG
 
 
 def _tun_ip(st: DpState) -> str:
-    raw = getattr(st, "tun_ip", None)
-    return str(raw) if raw else "?"
+    return str(st.tun_ip) if st.tun_ip else "?"
 
 
 class TraceError(CalicoEBPFError):

@@ -210,6 +210,7 @@ def test_udp_flow_moves_to_a_live_backend_when_its_backend_leaves(bpf_objects):
     netns = C.NodeNetns()
     try:
         dp = C.new_dataplane(C.state_of(docs), netns)
+        dp.clean_stale_nat = False  # apply would clean up itself; this test drives remove_stale_nat
         try:
             dp.apply(C.state_of(docs))
 
