@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "calico_ebpf.cli.install",
     "calico_ebpf.cli.trace",
     "calico_ebpf.cli.agent",
+    "calico_ebpf.cli.demo",
 )
 
 # Exit codes are part of the interface: scripts test them.
