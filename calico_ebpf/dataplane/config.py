@@ -76,6 +76,9 @@ class NodeConfig:
     #: FelixConfiguration ``bpfExternalServiceMode``: "Tunnel" (replies return through the
     #: forwarding node) or "DSR" (the backend's node answers the client directly).
     external_service_mode: str = "Tunnel"
+    #: FelixConfiguration ``bpfConntrackTimeouts`` (the model's value; None = Calico's defaults),
+    #: what :meth:`Dataplane.start_conntrack_gc` expires entries by.
+    conntrack_timeouts: object | None = None
     #: FelixConfiguration ``vxlanPort``: the UDP port of NodePort VXLAN.
     vxlan_port: int = 4789
     #: MTU of the underlay (data interface); None: read from the registered data interface
@@ -102,7 +105,8 @@ class NodeConfig:
                    failsafes_inbound=_failsafes(felix.failsafe_inbound_host_ports),
                    failsafes_outbound=_failsafes(felix.failsafe_outbound_host_ports),
                    services=ServicesConfig.from_state(state), underlay_ip=obj.primary_ip(4),
-                   external_service_mode=felix.bpf_external_service_mode, vxlan_port=felix.vxlan_port)
+                   external_service_mode=felix.bpf_external_service_mode, vxlan_port=felix.vxlan_port,
+                   conntrack_timeouts=felix.bpf_conntrack_timeouts)
 
     def updated_from(self, state: ClusterState) -> NodeConfig:
         """This config with what may change at run time (host IPs, failsafes, service knobs, the

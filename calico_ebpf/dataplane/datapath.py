@@ -26,7 +26,8 @@ from importlib.resources import files
 from typing import TYPE_CHECKING
 
 from calico_ebpf.dataplane.config import NodeConfig
-from calico_ebpf.dataplane.conntrack import read_size_file, remove_stale_nat
+from calico_ebpf.dataplane.conntrack import ConntrackManager, read_size_file, remove_stale_nat
+from calico_ebpf.dataplane.conntrack_timeouts import ConntrackTimeouts
 from calico_ebpf.dataplane.reconcile import ApplyReport, PolicySync, Reconciler
 from calico_ebpf.dataplane.state import SIZE as STATE_SIZE
 from calico_ebpf.dataplane.state import DpState, ProgSlot
@@ -345,8 +346,28 @@ class Dataplane:
     def clear_policy(self, slot: int) -> bool:
         return self.maps["cebpf_jump"].delete(struct.pack("<I", slot))
 
+    @property
+    def conntrack(self):
+        """The conntrack map, typed: ``records()`` reads like ``calico-bpf conntrack dump``,
+        ``to_pandas()`` gives a DataFrame (numpy columns, fast for millions of rows)."""
+        return self.maps.conntrack
+
+    def start_conntrack_gc(self, **kwargs) -> ConntrackManager:
+        """Start the periodic conntrack sweep (every 10 s, jittered) with this node's
+        ``bpfConntrackTimeouts``; ``kwargs`` go to :class:`ConntrackManager` (interval, mode,
+        size_file, ...). :meth:`close` stops it. Returns the running manager (metrics, history)."""
+        if getattr(self, "_ct_gc", None) is not None:
+            return self._ct_gc
+        timeouts = ConntrackTimeouts.from_config(self.config.conntrack_timeouts if self.config else None)
+        self._ct_gc = ConntrackManager(self.maps["cebpf_ct"], timeouts, **kwargs)
+        self._ct_gc.start()
+        return self._ct_gc
+
     def close(self) -> None:
         """Close fds. Attachments and pinned maps stay (detach explicitly to remove them)."""
+        gc, self._ct_gc = getattr(self, "_ct_gc", None), None
+        if gc is not None:
+            gc.close()  # its thread reads the CT map: stop it before the fd goes
         self._obj.close()
 
     def __enter__(self) -> Self:
