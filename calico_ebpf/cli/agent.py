@@ -42,6 +42,14 @@ def register(subparsers) -> None:
                         "bpfKubeProxyMinSyncPeriod, 1 s)")
     p.add_argument("--no-kube-proxy-cleanup", action="store_true",
                    help="never remove kube-proxy's iptables/nftables rules (for tests and development)")
+    p.add_argument("--netns", metavar="NAME",
+                   help="attach to the interfaces of this named network namespace, and clean kube-proxy's rules "
+                        "there (default: the agent's own namespace)")
+    p.add_argument("--data-iface-pattern", metavar="REGEX",
+                   help="host data interfaces to attach (default: FelixConfiguration bpfDataIfacePattern, "
+                        "Felix's default '^((en|wl|ww|sl|ib)[Popsx].*|(eth|wlan|wwan|bond).*)')")
+    p.add_argument("--no-attach", action="store_true",
+                   help="attach no interfaces and sync no policy (NAT, routes and failsafes only)")
     p.set_defaults(func=run)
 
 
@@ -52,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.node:
         print("calico-ebpf agent: name this node with --node or $NODE_NAME", file=sys.stderr)
         return EXIT_USAGE
+    if args.netns:
+        from calico_ebpf.kernel.netns import Netns
+
+        if not Netns.exists(args.netns):
+            print(f"calico-ebpf agent: no network namespace {args.netns!r}", file=sys.stderr)
+            return EXIT_USAGE
     # The agent logs what it does (applies, rejections): show INFO unless -v asked for more.
     logging.getLogger("calico_ebpf").setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
 
@@ -68,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
                   min_sync_period=args.min_sync_period,
                   healthz_host=args.healthz_address, healthz_port=args.healthz_port,
                   metrics_host=args.metrics_address, metrics_port=args.metrics_port,
-                  kube_proxy_cleanup=not args.no_kube_proxy_cleanup)
+                  kube_proxy_cleanup=not args.no_kube_proxy_cleanup,
+                  netns=args.netns, data_iface_pattern=args.data_iface_pattern,
+                  attach_interfaces=not args.no_attach)
     agent.start()
-    log.info("agent: node %s, pin dir %s, healthz port %s, metrics port %s", args.node, agent.pin_dir,
-             agent.healthz_port, agent.metrics_port)
+    log.info("agent: node %s, pin dir %s, healthz port %s, metrics port %s, interfaces %s", args.node,
+             agent.pin_dir, agent.healthz_port, agent.metrics_port,
+             "not attached" if args.no_attach else f"in netns {args.netns}" if args.netns else "of this netns")
     try:
         # A timed wait lets the main thread run the signal handler promptly.
         while not stop.wait(1.0):

@@ -3,7 +3,10 @@
 - :class:`Informer` lists then watches one kind into a local cache and calls
   back with plain API dicts (``resources.RESOURCES`` names the kinds);
 - :class:`Debouncer` turns bursts of events into one dataplane apply;
-- :func:`load_api_client` builds an ApiClient in a pod or from a kubeconfig.
+- :func:`load_api_client` builds an ApiClient in a pod or from a kubeconfig;
+- :class:`Agent` is the node agent (``calico-ebpf agent``): informers -> Dataplane, the node's
+  interfaces attached (:class:`Endpoints`), policy synced. Both load on first use (they pull in
+  the dataplane and the HTTP servers).
 """
 
 from calico_ebpf.k8s.backoff import Backoff
@@ -17,8 +20,10 @@ __all__ = [
     "DELETED",
     "MODIFIED",
     "RESOURCES",
+    "Agent",
     "Backoff",
     "Debouncer",
+    "Endpoints",
     "Informer",
     "Resource",
     "WatchError",
@@ -27,3 +32,17 @@ __all__ = [
     "load_in_cluster_client",
     "object_key",
 ]
+
+
+_LAZY = {"Agent": "calico_ebpf.k8s.agent", "Endpoints": "calico_ebpf.k8s.endpoints"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -21,16 +21,24 @@ DaemonSet). What it does, in order:
    failed apply (a map too small) writes nothing and is retried with
    backoff; ``/healthz`` turns 503 once a change has waited longer than
    ``health_timeout``.
+   Before each apply, the interface step (:class:`~calico_ebpf.k8s.endpoints.Endpoints`,
+   one netlink dump in ``netns``) attaches the datapath to new host data
+   interfaces (``bpfDataIfacePattern``) and ``cali*`` workload veths (new
+   ones start denied, Calico's default before policy) and forgets vanished
+   ones; a :class:`~calico_ebpf.k8s.endpoints.LinkWatcher` asks for an apply
+   whenever the link set changes. The apply ends with the
+   :class:`~calico_ebpf.dataplane.policy.PolicyManager` syncing every local
+   pod's policy programs and IP sets.
 5. After the first apply, removes kube-proxy's iptables/nftables rules
    (``bpfKubeProxyIptablesCleanupEnabled``, default true) in
-   ``cleanup_netns`` (None: the agent's own namespace, the host's in a
-   DaemonSet).
+   ``cleanup_netns`` (default ``netns``; None: the agent's own namespace,
+   the host's in a DaemonSet).
 
 Stopping closes only the agent's file descriptors: the maps stay pinned and
-attached programs stay attached, so service traffic keeps flowing while the
-agent restarts. What the agent writes is what ``Dataplane.apply`` writes
-(NAT, routes, failsafes); attaching programs to this node's interfaces and
-per-endpoint policy are not driven from here yet.
+attached programs stay attached, so service traffic keeps flowing (and
+policy stays enforced) while the agent restarts; the next agent swaps its
+programs into the same tc slots and keeps each endpoint's policy slots until
+its first policy sync.
 
 Example::
 
@@ -57,6 +65,7 @@ from kubernetes.client.exceptions import ApiException
 from calico_ebpf.errors import CalicoEBPFError
 from calico_ebpf.k8s.backoff import Backoff
 from calico_ebpf.k8s.debounce import Debouncer
+from calico_ebpf.k8s.endpoints import Endpoints, EndpointsReport, LinkWatcher
 from calico_ebpf.k8s.health import (
     DEFAULT_HEALTH_TIMEOUT,
     DEFAULT_HEALTHZ_PORT,
@@ -123,6 +132,13 @@ class Agent:
     namespace. ``calico_api_version`` "auto" probes where Calico's kinds are
     served (:data:`CALICO_API_VERSIONS`) and skips them when neither is;
     None skips them. ``max_entries`` overrides map sizes by BPF map name.
+
+    Interfaces: ``netns`` is the namespace whose interfaces the agent attaches
+    (a :class:`~calico_ebpf.kernel.netns.Netns` or a name; None: the agent's
+    own, the host's in a DaemonSet). ``data_iface_pattern`` overrides the
+    FelixConfiguration's ``bpfDataIfacePattern``. ``attach_interfaces`` False
+    attaches nothing and syncs no policy (NAT, routes and failsafes only).
+    ``watch_links`` False applies only on API events, not on link changes.
     """
 
     def __init__(
@@ -145,6 +161,10 @@ class Agent:
         max_entries: dict[str, int] | None = None,
         quiet: float = 0.05,
         watch_timeout: int = 300,
+        netns: Any = None,
+        data_iface_pattern: str | None = None,
+        attach_interfaces: bool = True,
+        watch_links: bool = True,
     ):
         if not node_name:
             raise ValueError("the agent needs this node's name (--node or $NODE_NAME)")
@@ -159,13 +179,21 @@ class Agent:
         self._healthz = (healthz_host, healthz_port)
         self._metrics = (metrics_host, metrics_port)
         self._kube_proxy_cleanup = kube_proxy_cleanup
-        self._cleanup_netns = cleanup_netns
+        self._cleanup_netns = cleanup_netns if cleanup_netns is not None else netns
+        self.netns = netns
+        self._data_iface_pattern = data_iface_pattern
+        self._attach_interfaces = attach_interfaces
+        self._watch_links = watch_links and attach_interfaces
         self._max_entries = max_entries
         self._quiet = quiet
         self._watch_timeout = watch_timeout
 
         self.state = ClusterState()
         self.dataplane: Dataplane | None = None
+        #: The interface step (set with the dataplane when ``attach_interfaces``).
+        self.endpoints: Endpoints | None = None
+        #: What the interface step did in the last apply.
+        self.last_endpoints: EndpointsReport | None = None
         self.last_report: ApplyReport | None = None
         self.cleanup_report: Any = None
         #: Why the last apply failed (None after a successful one).
@@ -188,6 +216,8 @@ class Agent:
         self._stopped = threading.Event()
         self._debouncer: Debouncer | None = None
         self._sync_waiter: threading.Thread | None = None
+        self._applying = False  # an apply (or its min-sync-period wait) is in progress
+        self._link_watcher: LinkWatcher | None = None
 
         self.health = ProxierHealth(timeout=health_timeout)
         self._servers = HttpServers()
@@ -203,11 +233,19 @@ class Agent:
 
         bpffs.ensure_bpffs(mount=True)
         bpffs.make_pin_dir(self.pin_dir)
-        self._servers.start()
-        self._serve_endpoints()
         # A burst never holds an apply back longer than one sync period.
         max_delay = max(self._quiet, self._min_sync_period or 1.0)
         self._debouncer = Debouncer(self._sync, quiet=self._quiet, max_delay=max_delay, name="agent-apply")
+        if self._watch_links:
+            # A link appearing or going asks for an apply, whose interface step attaches/forgets it.
+            # First, so a namespace that cannot be watched fails start() before anything else runs.
+            try:
+                self._link_watcher = LinkWatcher(self._kick, self.netns).start()
+            except BaseException:
+                self._debouncer.close(flush=False)
+                raise
+        self._servers.start()
+        self._serve_endpoints()
         resources = self._resources()
         self._size_connection_pool(len(resources))
         for name, resource in resources:
@@ -235,6 +273,8 @@ class Agent:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._link_watcher is not None:
+            self._link_watcher.stop(timeout)
         for informer in self.informers.values():
             informer.stop()
         # An apply (or a first load of the datapath) in flight finishes; nothing new starts.
@@ -244,6 +284,9 @@ class Agent:
             self._sync_waiter.join(timeout)
         self._servers.close()
         if self.dataplane is not None:
+            policy = self.dataplane.policy_sync
+            if policy is not None:
+                policy.close()  # the programs live on in the pinned jump map
             self.dataplane.close()
         self._stopped.set()
 
@@ -284,10 +327,11 @@ class Agent:
 
     @property
     def idle(self) -> bool:
-        """No event waits for an apply and no apply is due."""
+        """No event waits for an apply, no apply is due and none is running."""
         with self._lock:
             pending = bool(self._pending)
-        return not pending and not (self._debouncer is not None and self._debouncer.pending)
+        return not pending and not self._applying and \
+            not (self._debouncer is not None and self._debouncer.pending)
 
     def wait_for_apply(self, count: int, timeout: float) -> ApplyReport:
         """Block until ``count`` applies have completed in total; TimeoutError otherwise."""
@@ -416,6 +460,13 @@ class Agent:
         """One apply (runs on the debouncer's thread)."""
         if not self._synced.is_set() or self._stopping.is_set():
             return
+        self._applying = True
+        try:
+            self._sync_once()
+        finally:
+            self._applying = False
+
+    def _sync_once(self) -> None:
         period = self._min_sync_period
         if period is None:
             period = self.state.felix_config(self.node_name).bpf_kube_proxy_min_sync_period
@@ -429,6 +480,9 @@ class Agent:
             if self.dataplane is None and not self._open_dataplane():
                 self.health.restore_pending(since)
                 return
+            if self.endpoints is not None:
+                # Before the apply: its policy sync covers the pods whose veths are registered.
+                self.last_endpoints = self.endpoints.sync(self.state)
             report = self.dataplane.apply(self.state)
         except Exception as exc:  # a failed apply is retried, never fatal
             self.last_error = exc
@@ -449,6 +503,7 @@ class Agent:
     def _open_dataplane(self) -> bool:
         from calico_ebpf.dataplane import Dataplane
         from calico_ebpf.dataplane.config import NodeConfig
+        from calico_ebpf.dataplane.policy import PolicyManager
 
         if self.node_name not in self.state.nodes:
             log.warning("agent: Node %s is not in the cluster (yet); waiting for it", self.node_name)
@@ -459,6 +514,14 @@ class Agent:
         if self._stopping.is_set():
             dp.close()
             return False
+        if self._attach_interfaces:
+            try:
+                dp.policy_sync = PolicyManager(dp)
+            except BaseException:
+                dp.close()
+                raise
+            self.endpoints = Endpoints(dp, self.node_name, netns=self.netns,
+                                       data_iface_pattern=self._data_iface_pattern)
         self.dataplane = dp
         log.info("agent: dataplane loaded on %s in %.1f s", self.pin_dir, time.monotonic() - t0)
         return True

@@ -123,6 +123,9 @@ def make_agent(api_url: str, pin_dir: str, **kwargs) -> tuple[Agent, client.ApiC
     api_client = client.ApiClient(configuration)
     kwargs.setdefault("min_sync_period", 1.0)
     kwargs.setdefault("kube_proxy_cleanup", False)
+    # This module's agent runs in the host's namespace: it must not attach to the host's interfaces
+    # (tests/k8s/test_agent_endpoints.py covers attaching, in scratch namespaces).
+    kwargs.setdefault("attach_interfaces", False)
     agent = Agent(api_client, NODE, pin_dir=pin_dir, healthz_host="127.0.0.1", healthz_port=0,
                   metrics_port=0, health_check_host="127.0.0.1", quiet=0.1, health_timeout=HEALTH_TIMEOUT,
                   max_entries={**SCRATCH_MAX_ENTRIES, "cebpf_nat_be": BACKEND_SLOTS}, **kwargs)

@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 from k8s_helpers import free_port, wait_until
 from test_agent import NODE, kernel_nat, node, service, slice_
+from test_agent_endpoints import remove_policy_tables
+
+from calico_ebpf.kernel.attach import TcAttachment
+from calico_ebpf.kernel.netns import Netns, veth_pair
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,6 +36,7 @@ def agent_pin_dir():
     path = os.path.join(root, f"cebpf_test_agent_cli_{os.getpid()}_{uuid.uuid4().hex[:8]}")
     yield path
     bpffs.remove_pin_dir(path)  # the agent leaves its maps pinned on purpose: the test removes them
+    remove_policy_tables(path)
 
 
 def healthz(port: int) -> int | None:
@@ -73,10 +78,14 @@ def test_agent_cli_programs_the_kernel_and_stops_on_sigterm(apiserver, agent_pin
     kube_proxy.bind(("127.0.0.1", free_port()))
     kube_proxy.listen()
     healthz_port = kube_proxy.getsockname()[1]
+    # The agent attaches to the interfaces of a scratch namespace standing in for the node
+    # (never to this machine's own): one data interface there.
+    node_ns = Netns(prefix="agentcli")
+    veth_pair("eth0", "peer0", netns=node_ns, peer_netns=node_ns)
     proc = subprocess.Popen(
         [sys.executable, "-m", "calico_ebpf.cli.main", "agent", "--kubeconfig", str(config),
          "--pin-dir", agent_pin_dir, "--healthz-address", "127.0.0.1", "--healthz-port", str(healthz_port),
-         "--metrics-port", "0", "--min-sync-period", "0.2", "--no-kube-proxy-cleanup"],
+         "--metrics-port", "0", "--min-sync-period", "0.2", "--no-kube-proxy-cleanup", "--netns", node_ns.name],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def programmed() -> bool:
@@ -95,12 +104,16 @@ def test_agent_cli_programs_the_kernel_and_stops_on_sigterm(apiserver, agent_pin
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
+        eth0 = node_ns.ifindex("eth0")
+        attached = [TcAttachment.find(eth0, d, netns=node_ns) for d in ("ingress", "egress")]
     finally:
         kube_proxy.close()
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+        node_ns.delete()
     assert proc.returncode == 0, stderr
+    assert all(a is not None for a in attached), "the agent did not attach to eth0 in --netns"
     assert time.monotonic() - t0 < 15
     # The dataplane outlives the agent: maps pinned with the services in them.
     assert kernel_nat(agent_pin_dir)["10.96.0.10:80"][1] == ["10.65.0.3:8080", "10.65.0.4:8080"]
