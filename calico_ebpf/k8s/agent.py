@@ -190,6 +190,7 @@ class Agent:
 
         self.state = ClusterState()
         self.dataplane: Dataplane | None = None
+        self.conntrack_gc = None  # the dataplane's ConntrackManager once it is loaded
         #: The interface step (set with the dataplane when ``attach_interfaces``).
         self.endpoints: Endpoints | None = None
         #: What the interface step did in the last apply.
@@ -523,6 +524,9 @@ class Agent:
             self.endpoints = Endpoints(dp, self.node_name, netns=self.netns,
                                        data_iface_pattern=self._data_iface_pattern)
         self.dataplane = dp
+        # Expire conntrack entries with the node's bpfConntrackTimeouts (every 10 s, jittered);
+        # dp.close() stops the sweeper.
+        self.conntrack_gc = dp.start_conntrack_gc()
         log.info("agent: dataplane loaded on %s in %.1f s", self.pin_dir, time.monotonic() - t0)
         return True
 

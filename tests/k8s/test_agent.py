@@ -326,6 +326,12 @@ def metrics_text(agent: Agent) -> str:
     return body.decode()
 
 
+def test_conntrack_sweeper_runs_on_the_dataplanes_map(agent):
+    gc = agent.conntrack_gc
+    assert gc is not None and gc.running
+    assert gc.ct_map.fd == agent.dataplane.maps["cebpf_ct"].fd
+
+
 def test_metrics_are_prometheus_text(agent):
     # Drops as the datapath counts them: one interface's per-CPU counters, written into the live map.
     counters = Counters(agent.dataplane.maps["cebpf_counters"])
