@@ -700,9 +700,15 @@ static __always_inline int dp_main(struct __sk_buff *skb, __u8 hook)
 		/* The flow's backend left its service (stale NAT): a new SYN
 		 * opens afresh to a live backend; anything else ends the flow
 		 * with a RST to its sender. */
+		st->ct_rc = DP_CT_ESTABLISHED;
+		if (ct.reply)
+			/* From the backend's side: reset it but keep the entries,
+			 * so the client's next packet gets its RST too; without
+			 * them that packet would pass as an untranslated mid-flow
+			 * packet and the client would hang. */
+			return dp_send_reset(skb, &p, st, c);
 		dp_ct_delete_pair(&ct);
 		ct.v = 0;
-		st->ct_rc = DP_CT_ESTABLISHED;
 		if ((p.tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) == TCP_FL_SYN)
 			st->flags |= DP_ST_CT_RECYCLED;
 		else

@@ -20,6 +20,8 @@ and pins of the prefix), which ``calico-ebpf demo --down`` calls.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from calico_ebpf.dataplane.config import NodeConfig
@@ -92,8 +94,14 @@ class NodeDataplane:
             # us (a process still inside it): our programs must not run on without their pins.
             self.dp.detach_all()
         finally:
+            self.exit()
+
+    def exit(self) -> None:
+        """What an agent's exit does: close fds (policy programs too); attachments and pins stay."""
+        try:
             if self.policy is not None:
                 self.policy.close()
+        finally:
             self.dp.close()
 
     def __repr__(self) -> str:
@@ -152,20 +160,44 @@ class LabCluster:
             state = self.lab.cluster_state()
             for node in self.lab.nodes:
                 pin_dir = bpffs.make_pin_dir(lab_pin_dir(self.prefix, node.name))
-                dp = Dataplane(
-                    NodeConfig.from_state(state, node=node.name),
-                    pin_dir=pin_dir,
-                    max_entries=self.max_entries,
-                )
-                nd = NodeDataplane(node, dp, pin_dir)
-                self.dataplanes[node.name] = nd
-                # Every apply ends with a policy sync for the node's registered pod veths.
-                nd.policy = dp.policy_sync = PolicyManager(dp)
-                nd.attach()
+                self._start_agent(node, NodeConfig.from_state(state, node=node.name), pin_dir)
         except BaseException:
             self.down()
             raise
         return self
+
+    def _start_agent(self, node: LabNode, config: NodeConfig | None, pin_dir: str) -> NodeDataplane:
+        dp = Dataplane(config, pin_dir=pin_dir, max_entries=self.max_entries)
+        nd = NodeDataplane(node, dp, pin_dir)
+        self.dataplanes[node.name] = nd
+        # Every apply ends with a policy sync for the node's registered pod veths.
+        nd.policy = dp.policy_sync = PolicyManager(dp)
+        nd.attach()
+        return nd
+
+    @contextmanager
+    def agents_stopped(self, *nodes: str) -> Iterator[None]:
+        """The agents of ``nodes`` exit on entry and new ones start on the way out.
+
+        Inside the block nothing serves those nodes from user space: their
+        Dataplanes' fds are closed, the programs stay attached and the maps
+        pinned, so traffic keeps flowing. On exit a new Dataplane per node
+        re-adopts its pin directory (same config) and attaches to the same
+        interfaces, replacing the programs in place; the next :meth:`apply`
+        of an unchanged state writes nothing::
+
+            with cluster.agents_stopped("node-1", "node-2"):
+                time.sleep(1)                       # traffic, no agent
+            assert all(r.writes == 0 for r in cluster.apply(state).values())
+        """
+        stopped = [self.dataplanes.pop(name) for name in nodes]
+        for nd in stopped:
+            nd.exit()
+        try:
+            yield
+        finally:
+            for nd in stopped:
+                self._start_agent(nd.node, nd.dp.config, nd.pin_dir)
 
     def apply(self, state: ClusterState) -> dict[str, ApplyReport]:
         """Apply ``state`` on every node, each as itself.
