@@ -15,7 +15,8 @@
  *         post_nat_ip_dst/post_nat_dport (the chosen backend; equal to the
  *         pre-DNAT values when no service matched), ip_proto, sport,
  *         icmp_type/icmp_code, flags (DP_ST_SRC_IS_HOST, DP_ST_DEST_IS_HOST);
- *       - writes pol_rc = DP_POL_ALLOW or DP_POL_DENY;
+ *       - writes pol_rc = DP_POL_ALLOW or DP_POL_DENY, and may write pol_rule
+ *         (which rule decided: an id its loader can map back, e.g. for trace);
  *       - tail-calls cebpf_progs[DP_PROG_ALLOWED] or cebpf_progs[DP_PROG_DENIED]
  *         and returns TC_ACT_SHOT if that tail call fails.
  *     The datapath loads both continuation programs (cebpf_tc_allowed,
@@ -140,10 +141,14 @@ struct dp_state {
 		__u32 tun_ip;  /* the other node of a tunnelled NodePort flow, 0 = none */
 		__u32 pad;
 	};
+	__u32 pol_rule;        /* 104: written by generated policy: 1 + index of the deciding
+	                        * step in the endpoint's compiled rule list; 0 = not said */
+	__u32 pad2;            /* 108 */
 };
 
-_Static_assert(sizeof(struct dp_state) == 104, "dp_state layout is a contract");
+_Static_assert(sizeof(struct dp_state) == 112, "dp_state layout is a contract");
 _Static_assert(__builtin_offsetof(struct dp_state, pol_rc) == 40, "pol_rc offset is a contract");
 _Static_assert(__builtin_offsetof(struct dp_state, post_nat_ip_dst) == 16, "offset contract");
+_Static_assert(__builtin_offsetof(struct dp_state, pol_rule) == 104, "pol_rule offset is a contract");
 
 #endif

@@ -1,10 +1,18 @@
-"""``calico-ebpf dump {nat,conntrack,routes,ipsets,counters,ifstate} [--pin-dir DIR | --calico] [--json]``
+"""``calico-ebpf dump {nat,conntrack,routes,ipsets,counters,ifstate,policy} [--pin-dir DIR | --calico] [--json] [IFACE]``
 
 Prints the dataplane's maps the way ``calico-bpf`` does: human lines by
 default, a JSON list with ``--json``. Maps open from our pin directory
 (default ``/sys/fs/bpf/calico_ebpf/<hostname>``) or, with ``--calico``, from a
 Calico node's pins in ``/sys/fs/bpf/tc/globals``. Exit code 0, or 1 when a
 map cannot be opened.
+
+``dump policy [IFACE]`` prints each endpoint interface's ingress and egress
+policy slot and the rules of the program in it, with the instruction slots
+each rule's code occupies (as ``bpftool prog dump xlated`` numbers them). The
+rules come from the table the agent's ``PolicyManager`` keeps next to the pins
+(``/run/calico_ebpf/pins/<pin_dir>/policy.json``,
+:func:`calico_ebpf.dataplane.policy.policy_table_path`); without it only the
+slots are shown.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import sys
 from collections import defaultdict
 
 from calico_ebpf.errors import BPFError, UnsupportedError
@@ -19,13 +28,30 @@ from calico_ebpf.maps.enums import Counter, CounterHook
 from calico_ebpf.maps.named import NodeMaps
 from calico_ebpf.maps.nat import ANY_SOURCE as ANY
 
-WHAT = ("nat", "conntrack", "routes", "ipsets", "counters", "ifstate")
+WHAT = ("nat", "conntrack", "routes", "ipsets", "counters", "ifstate", "policy")
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Takes positionals after options (``dump policy --pin-dir D IFACE``): plain argparse
+    consumes WHAT and the optional IFACE in one go and then refuses a later IFACE."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # parse_known_intermixed_args calls back here for its two passes
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "dump", help="print the dataplane's BPF maps", description=__doc__.splitlines()[0]
     )
+    p.__class__ = _IntermixedParser
     p.add_argument("what", choices=WHAT, help="which maps")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--pin-dir", help="our pin directory (default /sys/fs/bpf/calico_ebpf/<hostname>)")
@@ -35,10 +61,14 @@ def register(subparsers) -> None:
     p.add_argument("--calico-dir", default=None, help=argparse.SUPPRESS)  # tests: Calico-named pins elsewhere
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("--raw", action="store_true", help="conntrack: include NAT_FWD entries")
+    p.add_argument("iface", nargs="?", help="policy: only this interface (name or ifindex)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "iface", None) and args.what != "policy":
+        print(f"calico-ebpf dump {args.what}: IFACE applies to 'dump policy' only", file=sys.stderr)
+        return 2
     maps = NodeMaps(args.calico_dir or args.pin_dir, calico=args.calico or bool(args.calico_dir))
     try:
         rows, lines = DUMPERS[args.what](maps, args)
@@ -191,6 +221,48 @@ def _ifstate(maps: NodeMaps, args):
     return rows, lines
 
 
+def _policy(maps: NodeMaps, args):
+    from calico_ebpf.dataplane.policy import DENY_SLOT, NO_POLICY, read_policy_table
+    from calico_ebpf.maps.entries import IfaceFlags
+
+    table = None if maps.calico else read_policy_table(maps.pin_dir)
+    pods = {(e["ifindex"], e["ifname"]): pod for pod, e in (table.endpoints.items() if table else ())}
+    rows, lines = [], []
+    for k, v in sorted(maps.ifstate.items(), key=lambda kv: kv[0].ifindex):
+        slots = {"ingress": v.ingress_policy_v4, "egress": v.egress_policy_v4}
+        if IfaceFlags.WEP not in v.flags and all(s == NO_POLICY for s in slots.values()):
+            continue  # a host interface without policy
+        if args.iface and args.iface not in (v.name, str(k.ifindex)):
+            continue
+        pod = pods.get((k.ifindex, v.name))
+        row = {"ifindex": k.ifindex, "name": v.name, "pod": pod}
+        lines.append(f"{v.name} (ifindex {k.ifindex})" + (f" pod {pod}" if pod else ""))
+        for direction, slot in slots.items():
+            entry = table.slots.get(slot) if table else None
+            rules = list(entry["rules"]) if entry else None
+            row[direction] = {"slot": slot, "program": entry["program"] if entry else None,
+                              "rules": [r.to_dict() for r in rules] if rules is not None else None}
+            if slot == NO_POLICY:
+                lines.append(f"  {direction}: no policy: allow (profile)")
+                continue
+            if slot == DENY_SLOT:
+                lines.append(f"  {direction}: slot {slot}: deny (unknown workload)")
+                continue
+            if rules is None:
+                lines.append(f"  {direction}: slot {slot} (no rule table for it)")
+                continue
+            lines.append(f"  {direction}: slot {slot} (program {entry['program'][:12]})")
+            lines.append(f"    {'ID':>3}  {'INSNS':<11} {'ACTION':<7} RULE")
+            for r in rules:
+                code = f"[{r.start},{r.end})" if r.end > r.start else "-"
+                what = r.describe() + (f" (matches nothing: {r.matches_nothing})" if r.matches_nothing else "")
+                lines.append(f"    {r.id:>3}  {code:<11} {r.action:<7} {what}")
+        rows.append(row)
+    if args.iface and not rows:
+        raise SystemExit(f"calico-ebpf dump policy: no endpoint interface {args.iface!r}")
+    return rows, lines
+
+
 DUMPERS = {
     "nat": _nat,
     "conntrack": _conntrack,
@@ -198,4 +270,5 @@ DUMPERS = {
     "ipsets": _ipsets,
     "counters": _counters,
     "ifstate": _ifstate,
+    "policy": _policy,
 }

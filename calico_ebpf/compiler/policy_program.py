@@ -3,7 +3,8 @@ r"""BPF bytecode for an endpoint's policy, per the ``bpf/include/dp_state.h`` co
 The program reads the packet's fields from the per-CPU state map (key 0),
 walks the rules of an :class:`~calico_ebpf.compiler.policy.EndpointPolicy` in
 order -- each rule a block that jumps to the next rule on the first criterion
-that fails -- and on a verdict writes ``pol_rc`` and tail-calls
+that fails -- and on a verdict writes ``pol_rule`` (1 + the deciding step's
+index, see :func:`compile_policy`), ``pol_rc`` and tail-calls
 ``cebpf_progs[DP_PROG_ALLOWED]`` or ``[DP_PROG_DENIED]``, returning
 ``TC_ACT_SHOT`` if that tail call fails.
 
@@ -18,10 +19,11 @@ stack.
 >>> ep = EndpointPolicy("x/a", "ingress", (Step("rule", "default", "Deny", "p", Rule("Deny", protocol=6)),
 ...                                        Step("profile", "", "Allow")), {})
 >>> prog = emit_policy(ep, PolicyMaps(state_fd=3, progs_fd=4, ipsets_fd=5))
->>> for line in prog.listing().splitlines()[11:15]: print(line)
+>>> for line in prog.listing().splitlines()[11:16]: print(line)
   11: r2 = *(u8 *)(r6 + 30)
   12: if r2 != 6 goto rule_1
-  13: goto deny
+  13: *(u32 *)(r6 + 104) = 1
+  14: goto deny
 rule_1:
 """
 
@@ -33,7 +35,7 @@ from calico_ebpf.compiler.asm import FP, R0, R1, R2, R3, R6, R9, Assembler, Cls,
 from calico_ebpf.compiler.policy import EndpointPolicy, Step
 from calico_ebpf.model.policy import EntityRule, PortMatch, Rule
 
-__all__ = ["OFF", "TC_ACT_SHOT", "PolicyMaps", "emit_policy"]
+__all__ = ["OFF", "TC_ACT_SHOT", "CompiledPolicy", "PolicyMaps", "RuleRange", "compile_policy", "emit_policy"]
 
 TC_ACT_SHOT = 2
 DP_POL_ALLOW, DP_POL_DENY = 1, 2
@@ -50,6 +52,7 @@ OFF = {
     "icmp_type": 31,
     "icmp_code": 32,
     "pol_rc": 40,
+    "pol_rule": 104,
 }
 _ADDR = {"source": OFF["ip_src"], "destination": OFF["post_nat_ip_dst"]}
 _PORT = {"source": OFF["sport"], "destination": OFF["post_nat_dport"]}
@@ -82,11 +85,68 @@ def _cidr_parts(cidr: str) -> tuple[int, int, int]:
     return prefix, _le32(net & mask), _le32(mask)
 
 
+@attrs.frozen
+class RuleRange:
+    """One step of the compiled rule list and where its code is in the program.
+
+    ``id`` is what the program writes to ``dp_state.pol_rule`` when this step
+    decides (1 + ``index``); ``start``/``end`` are instruction slots (as in
+    :meth:`Assembler.listing` and ``bpftool prog dump xlated``), ``end``
+    exclusive; ``start == end`` when the step emitted no code (a rule that
+    matches nothing, or one after an unconditional verdict).
+    """
+
+    index: int
+    kind: str  # "rule" | "tier-end" | "profile" | "unknown-workload" (the loader's deny slot)
+    tier: str
+    policy: str
+    where: str  # "spec.ingress[0]" for rules, "" otherwise
+    action: str
+    start: int
+    end: int
+    matches_nothing: str | None = None
+
+    @property
+    def id(self) -> int:
+        return self.index + 1
+
+    def describe(self) -> str:
+        """Human words: ``"default/NetworkPolicy x/p spec.ingress[0]"``, ``"end of tier default"``..."""
+        if self.kind == "profile":
+            return "profile"
+        if self.kind == "tier-end":
+            return f"end of tier {self.tier}"
+        if self.kind == "unknown-workload":
+            return "unknown workload (deny slot)"
+        return f"{self.tier}/{self.policy} {self.where}".rstrip()
+
+    def to_dict(self) -> dict:
+        return attrs.asdict(self) | {"id": self.id}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RuleRange:
+        return cls(**{k: v for k, v in d.items() if k != "id"})
+
+
+@attrs.frozen
+class CompiledPolicy:
+    """An endpoint's policy program and its rule table (``rules[id - 1]`` decided when
+    ``dp_state.pol_rule == id``)."""
+
+    asm: Assembler
+    rules: tuple[RuleRange, ...]
+
+    def rule(self, rule_id: int) -> RuleRange | None:
+        """The step that wrote ``rule_id`` (None for 0 or an unknown id)."""
+        return self.rules[rule_id - 1] if 0 < rule_id <= len(self.rules) else None
+
+
 class _Emitter:
     def __init__(self, ep: EndpointPolicy, maps: PolicyMaps):
         self.ep = ep
         self.maps = maps
         self.a = Assembler()
+        self.bounds: list[tuple[int, int]] = []  # per step: (start, end) instruction indexes
 
     # -- criteria: each jumps to ``nxt`` when the packet fails it ------------------------------
     def cidrs_jump(self, off: int, cidrs: tuple[str, ...], target: str) -> None:
@@ -214,33 +274,36 @@ class _Emitter:
         for index, step in enumerate(steps):
             if step.kind == "tier-end":
                 tier_ends.setdefault(step.tier, f"after_tier_{index}")
-        for step in steps:
+        for index, step in enumerate(steps):
+            start = len(a.insns)
+            rule_id = index + 1  # written to pol_rule by a deciding step: trace names the rule
             if step.kind == "rule" and step.matches_nothing:
-                continue  # never matches: nothing to emit
-            if step.kind == "rule":
+                pass  # never matches: nothing to emit
+            elif step.kind == "rule":
                 assert step.rule is not None
                 with a.block("rule") as nxt:
                     self.rule(step, step.rule, nxt)
                     if step.action == "Allow":
-                        a.jump_to("allow")
+                        a.stw(R6, OFF["pol_rule"], rule_id).jump_to("allow")
                     elif step.action == "Deny":
-                        a.jump_to("deny")
+                        a.stw(R6, OFF["pol_rule"], rule_id).jump_to("deny")
                     elif step.action == "Pass":
                         a.jump_to(tier_ends[step.tier])
                     # Log: no verdict, fall through to the next rule
             elif step.kind == "tier-end":
                 if step.action == "Deny":
-                    a.jump_to("deny")
+                    a.stw(R6, OFF["pol_rule"], rule_id).jump_to("deny")
                 a.label(tier_ends[step.tier])
             else:
-                a.jump_to("allow" if step.action == "Allow" else "deny")
+                a.stw(R6, OFF["pol_rule"], rule_id).jump_to("allow" if step.action == "Allow" else "deny")
+            self.bounds.append((start, len(a.insns)))
         self.verdict("allow", DP_POL_ALLOW, DP_PROG_ALLOWED)
         self.verdict("deny", DP_POL_DENY, DP_PROG_DENIED)
         return a
 
 
-def _prune(a: Assembler) -> Assembler:
-    """A copy of ``a`` without unreachable instructions.
+def _prune(a: Assembler) -> tuple[Assembler, list[int]]:
+    """A copy of ``a`` without unreachable instructions, and each old index's new slot number.
 
     The verifier refuses unreachable code, and rule-by-rule emission makes some
     (the deny tail when nothing denies, a tier after an unconditional verdict).
@@ -268,15 +331,38 @@ def _prune(a: Assembler) -> Assembler:
     by_index: dict[int, list[str]] = {}
     for name, index in at.items():
         by_index.setdefault(index, []).append(name)
+    new_slot = []  # old index -> slot of the first live instruction at or after it
+    slot = 0
     for i, insn in enumerate(insns):
+        new_slot.append(slot)
         if live[i]:
             for name in by_index.get(i, ()):
                 out.label(name)
             out.emit(insn)
-    return out
+            slot += insn.slots
+    new_slot.append(slot)
+    return out, new_slot
+
+
+def compile_policy(ep: EndpointPolicy, maps: PolicyMaps) -> CompiledPolicy:
+    """The policy program of ``ep`` and its rule table: which id each step writes to
+    ``dp_state.pol_rule`` and which instruction slots hold its code.
+
+    >>> from calico_ebpf.compiler.policy import EndpointPolicy, Step
+    >>> ep = EndpointPolicy("x/a", "ingress", (Step("tier-end", "default", "Deny"), Step("profile", "", "Allow")), {})
+    >>> [(r.id, r.describe(), r.action, r.start < r.end) for r in compile_policy(ep, PolicyMaps(3, 4, 5)).rules]
+    [(1, 'end of tier default', 'Deny', True), (2, 'profile', 'Allow', False)]
+    """
+    emitter = _Emitter(ep, maps)
+    asm, new_slot = _prune(emitter.emit())
+    rules = []
+    for index, (step, (start, end)) in enumerate(zip(ep.steps, emitter.bounds)):
+        rules.append(RuleRange(index, step.kind, step.tier, step.policy, step.rule.where if step.rule else "",
+                               step.action, new_slot[start], new_slot[end], step.matches_nothing))
+    return CompiledPolicy(asm, tuple(rules))
 
 
 def emit_policy(ep: EndpointPolicy, maps: PolicyMaps) -> Assembler:
     """The policy program of ``ep`` as an :class:`Assembler` (``.assemble()`` for the bytes,
     ``.listing()`` to read it)."""
-    return _prune(_Emitter(ep, maps).emit())
+    return compile_policy(ep, maps).asm

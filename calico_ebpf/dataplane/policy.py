@@ -33,6 +33,13 @@ Rules it keeps:
 - **A failure keeps the last good state.** A program the verifier refuses (or
   too large to assemble) leaves that endpoint on its previous program, whose
   IP sets stay; the other endpoints are synced, then the error is raised.
+- **Programs say which rule decided.** Each program writes ``dp_state.pol_rule``
+  (1 + the deciding step's index); :meth:`PolicyManager.table` maps
+  ``(slot, pol_rule)`` back to tier, policy, rule and action, with each rule's
+  instruction slots. For a pinned dataplane the table is also written to
+  :func:`policy_table_path` (bpffs holds no plain files, so it lives under
+  ``/run/calico_ebpf/pins/<pin_dir>/policy.json``), where another process
+  (``calico-ebpf dump policy``, ``calico-ebpf trace`` on a live node) reads it.
 
 >>> pm = PolicyManager(dp)                                     # doctest: +SKIP
 >>> report = pm.sync(state, {"x/a": (ifindex, "calia1b2")})    # doctest: +SKIP
@@ -44,6 +51,9 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
+import os
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +61,7 @@ from typing import Any
 import attrs
 
 from calico_ebpf.compiler.policy import DIRECTIONS, EndpointPolicy, NamedPort, endpoint_policy
-from calico_ebpf.compiler.policy_program import PolicyMaps, emit_policy
+from calico_ebpf.compiler.policy_program import PolicyMaps, RuleRange, compile_policy
 from calico_ebpf.errors import BPFError, CalicoEBPFError
 from calico_ebpf.kernel import Program
 from calico_ebpf.kernel.program import ProgType
@@ -59,7 +69,8 @@ from calico_ebpf.maps.entries import IfaceFlags, IfStateKey, IfStateValue
 from calico_ebpf.maps.ipsets import IPSetKey, U32Value
 from calico_ebpf.maps.named import IPSets
 
-__all__ = ["DENY_SLOT", "NO_POLICY", "PolicyManager", "PolicyReport"]
+__all__ = ["DENY_SLOT", "NO_POLICY", "PolicyManager", "PolicyReport", "PolicyTable", "policy_table_path",
+           "read_policy_table", "remove_policy_tables"]
 
 #: Slot holding the datapath's deny program: unknown endpoints, and every freed slot's content.
 DENY_SLOT = 0
@@ -68,6 +79,8 @@ NO_POLICY = -1
 _DENY_PROGRAM = "cebpf_policy_deny"
 _IFSTATE_FIELD = {"ingress": "ingress_policy_v4", "egress": "egress_policy_v4"}
 _ONE = U32Value(1)
+#: What the deny slot's program "decided by": it is the datapath's, with no rule table.
+_UNKNOWN_WORKLOAD = RuleRange(-1, "unknown-workload", "", "", "", "Deny", 0, 0)
 
 
 @dataclass
@@ -99,9 +112,88 @@ class PolicyReport:
                     or self.endpoints_removed)
 
 
+#: Root of the policy rule tables of pinned dataplanes (mirrors the pin directory's path).
+POLICY_TABLE_ROOT = "/run/calico_ebpf/pins"
+_TABLE_VERSION = 1
+
+
+def policy_table_path(pin_dir: str) -> str:
+    """Where the rule table of the dataplane pinned at ``pin_dir`` is kept.
+
+    >>> policy_table_path("/sys/fs/bpf/calico_ebpf/node-1")
+    '/run/calico_ebpf/pins/sys/fs/bpf/calico_ebpf/node-1/policy.json'
+    """
+    return os.path.join(POLICY_TABLE_ROOT, os.path.abspath(pin_dir).lstrip("/"), "policy.json")
+
+
+@dataclass
+class PolicyTable:
+    """Which program each policy slot holds and what its rules are.
+
+    ``endpoints``: pod key -> ``{"ifindex", "ifname", "ingress", "egress"}``
+    (slots; -1 = no policy, 0 = the deny slot). ``slots``: slot ->
+    ``{"program": content hash, "endpoints": [[pod, direction], ...],
+    "rules": [RuleRange, ...]}``. The JSON form (``to_dict``) is the
+    ``policy.json`` file format, ``{"version": 1, "endpoints": ..., "slots": ...}``
+    with slot numbers as strings and rules as :meth:`RuleRange.to_dict`.
+    """
+
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slots: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def rule(self, slot: int, rule_id: int) -> RuleRange | None:
+        """The rule that wrote ``rule_id`` in the program in ``slot`` (None: unknown)."""
+        if slot == DENY_SLOT:
+            return _UNKNOWN_WORKLOAD
+        entry = self.slots.get(slot)
+        rules = entry["rules"] if entry else ()
+        return rules[rule_id - 1] if 0 < rule_id <= len(rules) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": _TABLE_VERSION,
+            "endpoints": self.endpoints,
+            "slots": {str(slot): {**entry, "rules": [r.to_dict() for r in entry["rules"]]}
+                      for slot, entry in sorted(self.slots.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PolicyTable:
+        if d.get("version") != _TABLE_VERSION:
+            raise ValueError(f"policy table version {d.get('version')!r} is not {_TABLE_VERSION}")
+        slots = {int(slot): {**entry, "rules": tuple(RuleRange.from_dict(r) for r in entry["rules"])}
+                 for slot, entry in d.get("slots", {}).items()}
+        return cls(dict(d.get("endpoints", {})), slots)
+
+
+def read_policy_table(pin_dir: str) -> PolicyTable | None:
+    """The rule table a :class:`PolicyManager` wrote for the dataplane pinned at ``pin_dir``
+    (None when there is none)."""
+    try:
+        with open(policy_table_path(pin_dir)) as f:
+            return PolicyTable.from_dict(json.load(f))
+    except FileNotFoundError:
+        return None
+
+
+def remove_policy_tables(pin_dir: str) -> None:
+    """Delete the rule tables of ``pin_dir`` and of every pin directory under it (with the pins)."""
+    shutil.rmtree(os.path.dirname(policy_table_path(pin_dir)), ignore_errors=True)
+
+
+def _write_policy_table(pin_dir: str, table: PolicyTable) -> None:
+    path = policy_table_path(pin_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(table.to_dict(), f, indent=1)
+    os.replace(tmp, path)  # readers see the old table or the new one, never half
+
+
 @dataclass
 class _Loaded:
     program: Program
+    rules: tuple[RuleRange, ...] = ()
     users: int = 0  # placements (endpoint directions) using it
 
 
@@ -166,6 +258,7 @@ class PolicyManager:
         self._ifindex: dict[str, tuple[int, str]] = {}
         self._kernel_members: set[IPSetKey] | None = None  # cached copy of cebpf_ipsets
         self._set_members: dict[int, frozenset[IPSetKey]] = {}  # members wanted per set id
+        self._written: PolicyTable | None = None  # the rule table last written next to the pins
         #: Total Program.load calls over the manager's life (tests count reloads with it).
         self.loads = 0
 
@@ -235,6 +328,11 @@ class PolicyManager:
         report.ipset_members_removed += self._delete_members(
             {m for m in self._kernel() - desired if m.set_id not in in_use})
         report.slots = {k: p.slot for k, p in self._placed.items()}
+        if getattr(self.dp, "pin_dir", None):
+            table = self.table()
+            if table != self._written:  # an unchanged sync costs no write
+                _write_policy_table(self.dp.pin_dir, table)
+                self._written = table
         if failures:
             failures[0].report = report  # type: ignore[attr-defined]
             raise failures[0]
@@ -256,10 +354,11 @@ class PolicyManager:
             return old
         loaded = self._programs.get(digest)
         if loaded is None:
-            program = Program.load(ProgType.SCHED_CLS, emit_policy(ep, self.maps).assemble(), name="cebpf_pol")
+            compiled = compile_policy(ep, self.maps)
+            program = Program.load(ProgType.SCHED_CLS, compiled.asm.assemble(), name="cebpf_pol")
             self.loads += 1
             report.programs_loaded += 1
-            loaded = self._programs[digest] = _Loaded(program)
+            loaded = self._programs[digest] = _Loaded(program, compiled.rules)
         else:
             report.programs_reused += 1
         slot = self._slots.take()
@@ -353,6 +452,31 @@ class PolicyManager:
         """The jump slot serving ``pod_key``'s ``direction`` (-1: no policy), None if not managed."""
         placed = self._placed.get((pod_key, direction))
         return None if placed is None else placed.slot
+
+    def table(self) -> PolicyTable:
+        """Slots in use, their programs' rule tables, and each endpoint's slots."""
+        table = PolicyTable()
+        for key, (ifindex, ifname) in sorted(self._ifindex.items()):
+            table.endpoints[key] = {"ifindex": ifindex, "ifname": ifname,
+                                    **{d: self._placed[(key, d)].slot for d in DIRECTIONS
+                                       if (key, d) in self._placed}}
+        for (key, direction), placed in sorted(self._placed.items()):
+            if placed.digest is None or placed.slot <= DENY_SLOT:
+                continue
+            entry = table.slots.setdefault(placed.slot, {"program": placed.digest, "endpoints": [],
+                                                         "rules": self._programs[placed.digest].rules})
+            entry["endpoints"].append([key, direction])
+        return table
+
+    def rule(self, slot: int, rule_id: int) -> RuleRange | None:
+        """The rule of the program in ``slot`` that writes ``rule_id`` to ``dp_state.pol_rule``."""
+        if slot == DENY_SLOT:
+            return _UNKNOWN_WORKLOAD
+        for placed in self._placed.values():
+            if placed.slot == slot and placed.digest is not None and slot > DENY_SLOT:
+                rules = self._programs[placed.digest].rules
+                return rules[rule_id - 1] if 0 < rule_id <= len(rules) else None
+        return None
 
     def ipset_members(self) -> dict[int, frozenset[IPSetKey]]:
         """Members wanted per IP set id after the last sync (what the kernel holds)."""

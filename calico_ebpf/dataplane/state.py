@@ -19,9 +19,9 @@ from calico_ebpf.maps.enums import Counter
 
 # Offsets and size are asserted in dp_state.h (policy bytecode relies on them)
 # and checked against the object's BTF by the tests.
-_FMT = "<QIIIIHHHBBBBBBiiIIIIIIIIIIIIIII"
+_FMT = "<QIIIIHHHBBBBBBiiIIIIIIIIIIIIIIIII"
 SIZE = struct.calcsize(_FMT)
-assert SIZE == 104
+assert SIZE == 112
 
 
 class Verdict(enum.IntEnum):
@@ -127,16 +127,18 @@ class DpState:
     trace_token: int
     #: The other node of a tunnelled NodePort flow (None: not tunnelled).
     tun_ip: ipaddress.IPv4Address | None = None
+    #: Which rule of the policy program decided: 1 + its step index (0: the program did not say).
+    pol_rule: int = 0
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DpState:
         f = struct.unpack_from(_FMT, data)
         (ts, src, dst, pdst, psrc, sport, dport, pdport, proto, itype, icode, hook, pdir, verdict,
-         pslot, prc, ifindex, ifflags, flags, ct_rc, reason, svc, ordinal, aff, rts, rtd, fwd, iplen, rtifd, token, tun) = f
+         pslot, prc, ifindex, ifflags, flags, ct_rc, reason, svc, ordinal, aff, rts, rtd, fwd, iplen, rtifd, token, tun, pol_rule, _pad2) = f
         return cls(ts, _ip(src), _ip(dst), _ip(pdst), _ip(psrc), sport, dport, pdport, proto, itype, icode, hook,
                    PolicyDir(pdir), Verdict(verdict), pslot, PolicyRc(prc), ifindex, ifflags, StateFlags(flags),
                    CtResult(ct_rc), reason, svc, ordinal, aff, rts, rtd, fwd, iplen, rtifd, token,
-                   _ip(tun) if tun else None)
+                   _ip(tun) if tun else None, pol_rule)
 
     @property
     def reason_name(self) -> str:

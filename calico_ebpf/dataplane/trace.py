@@ -39,8 +39,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from calico_ebpf.compiler.policy_program import RuleRange
 from calico_ebpf.dataplane.state import CtResult, DpState, PolicyDir, PolicyRc, StateFlags, Verdict
 from calico_ebpf.dataplane.trace_packet import Entry, TracePacket, infer_entry, parse_packet
 from calico_ebpf.errors import BPFError, CalicoEBPFError
@@ -126,6 +127,8 @@ class Hop:
     ifname: str
     retval: int
     state: DpState
+    #: The policy rule that decided at this hop, when the loader's rule table is known.
+    policy_rule: RuleRange | None = None
 
     def to_dict(self) -> dict[str, Any]:
         st = self.state
@@ -140,6 +143,7 @@ class Hop:
             "service_id": st.nat_svc_id or None,
             "policy": st.pol_rc.name.lower(),
             "policy_slot": st.pol_slot,
+            "policy_rule": self.policy_rule.to_dict() if self.policy_rule else None,
             "fwd_ifindex": st.fwd_ifindex or None,
         }
 
@@ -223,13 +227,17 @@ def _is(flags, want) -> bool:
 
 
 def trace(dp: Dataplane, packet: str | TracePacket, *, netns: Netns | None = None,
-          data_interface: str | None = None) -> Trace:
+          data_interface: str | None = None, policy: PolicyRules | None = None) -> Trace:
     """Run ``packet`` (``"PROTO SRC:SPORT -> DST:DPORT"``) through ``dp``'s programs and say what happened.
 
     ``netns``: the namespace where the dataplane's ifindexes exist (the
     kernel resolves ``__sk_buff.ifindex`` in the caller's namespace); None =
     the calling thread's. ``data_interface``: which host interface external
     packets arrive on (default: the first registered host interface).
+    ``policy``: what maps a policy program's ``(slot, pol_rule)`` to the rule
+    that decided (a :class:`~calico_ebpf.dataplane.policy.PolicyManager` or
+    :class:`~calico_ebpf.dataplane.policy.PolicyTable`); default: the
+    dataplane's ``policy_sync``, else the table written next to its pins.
     Raises :class:`~calico_ebpf.dataplane.trace_packet.PacketSyntaxError` on a malformed packet.
     """
     pkt = parse_packet(packet) if isinstance(packet, str) else packet
@@ -238,9 +246,26 @@ def trace(dp: Dataplane, packet: str | TracePacket, *, netns: Netns | None = Non
     view = _NodeView(dp, data_interface)
     undo = _Undo(dp, pkt)
     try:
-        return _Tracer(dp, view, pkt, netns, undo).run()
+        return _Tracer(dp, view, pkt, netns, undo, policy if policy is not None else _policy_rules(dp)).run()
     finally:
         undo.restore()
+
+
+class PolicyRules(Protocol):
+    """Anything that names the rule a policy program reported (PolicyManager, PolicyTable)."""
+
+    def rule(self, slot: int, rule_id: int) -> RuleRange | None: ...
+
+
+def _policy_rules(dp: Dataplane) -> PolicyRules | None:
+    sync = getattr(dp, "policy_sync", None)
+    if sync is not None and hasattr(sync, "rule"):
+        return sync
+    if getattr(dp, "pin_dir", None):
+        from calico_ebpf.dataplane.policy import read_policy_table
+
+        return read_policy_table(dp.pin_dir)
+    return None
 
 
 class _Undo:
@@ -279,8 +304,10 @@ class _Undo:
 
 
 class _Tracer:
-    def __init__(self, dp: Dataplane, view: _NodeView, pkt: TracePacket, netns: Netns | None, undo: _Undo):
+    def __init__(self, dp: Dataplane, view: _NodeView, pkt: TracePacket, netns: Netns | None, undo: _Undo,
+                 policy: PolicyRules | None):
         self.dp, self.view, self.pkt, self.netns, self._undo = dp, view, pkt, netns, undo
+        self.policy = policy
         self.t = Trace(pkt)
         self._end: str | None = None  # how the packet left the last hop, when no program says it
 
@@ -307,7 +334,11 @@ class _Tracer:
         res = self._run(hook, frame, ifindex, mark)
         name = self.view.name(ifindex)
         where = "tc ingress" if hook == "from" else "tc egress"
-        hop = Hop(f"{hook}-{self.view.kind(ifindex)} {name} ({where})", hook, ifindex, name, res.retval, res.state)
+        rule = None
+        if res.state.pol_rc != PolicyRc.NONE and self.policy is not None:
+            rule = self.policy.rule(res.state.pol_slot, res.state.pol_rule)
+        hop = Hop(f"{hook}-{self.view.kind(ifindex)} {name} ({where})", hook, ifindex, name, res.retval, res.state,
+                  rule)
         self._undo.note(res.state)
         self.t.hops.append(hop)
         self.t.path.append(hop.program)
@@ -424,6 +455,8 @@ class _Tracer:
             else:
                 t.verdict = "drop"
                 t.reason = f"dropped at {stopped.program}: {_drop_reason(st)}"
+                if st.pol_rc == PolicyRc.DENY and stopped.policy_rule is not None:
+                    t.reason += f": {_policy_decision(stopped)}"
             return t
         t.verdict = "allow"
         end = self._end
@@ -507,15 +540,30 @@ def _policy_steps(hop: Hop) -> list[str]:
     whose = "ingress" if st.pol_dir == PolicyDir.INGRESS else "egress"
     if StateFlags.FAILSAFE in st.flags:
         return ["policy: skipped (failsafe port)"]
-    if st.pol_rc == PolicyRc.ALLOW:
-        return [f"policy: {whose} allow (slot {st.pol_slot})"]
-    if st.pol_rc == PolicyRc.DENY:
-        return [f"policy: {whose} deny (slot {st.pol_slot})"]
+    if st.pol_rc in (PolicyRc.ALLOW, PolicyRc.DENY):
+        return [f"policy: {_policy_decision(hop)} (slot {st.pol_slot})"]
     if st.ct_rc != CtResult.NEW and StateFlags.APPROVE_LEG not in st.flags:
         return []  # established flows are not re-checked
     if StateFlags.SKIP_POLICY in st.flags:
         return ["policy: skipped (host to local workload)"]
-    return [f"policy: none ({whose})"]
+    return [f"policy: none ({whose}): no policy selects the endpoint: allow (profile)"]
+
+
+def _policy_decision(hop: Hop) -> str:
+    """``"ingress deny by default/NetworkPolicy x/p spec.ingress[0]"``, ``"egress deny: end of tier default"``..."""
+    st = hop.state
+    whose = "ingress" if st.pol_dir == PolicyDir.INGRESS else "egress"
+    verb = "allow" if st.pol_rc == PolicyRc.ALLOW else "deny"
+    rule = hop.policy_rule
+    if rule is not None:
+        if rule.kind == "rule":
+            return f"{whose} {verb} by {rule.describe()}"
+        if rule.kind == "tier-end":
+            return f"{whose} {verb}: {rule.describe()}"
+        if rule.kind == "profile":
+            return f"{whose} {verb}: passed every tier (profile)"
+        return f"{whose} {verb}: {rule.describe()}"
+    return f"{whose} {verb}"
 
 
 # ---- a scratch node to trace on -------------------------------------------------------------
@@ -576,8 +624,11 @@ class TraceNode:
         delete_link(name, self.netns)
         del self._links[name]
 
-    def load(self, state: Any, node: str | None = None) -> None:
-        """Make the dataplane (and the stand-in interfaces) what ``state`` says for ``node``."""
+    def load(self, state: Any, node: str | None = None, *, named_ports: Any = None) -> None:
+        """Make the dataplane (and the stand-in interfaces) what ``state`` says for ``node``.
+
+        ``named_ports``: pod key -> container ports (:class:`~calico_ebpf.compiler.policy.NamedPort`),
+        for named-port policy rules (the Pod model does not carry them)."""
         from calico_ebpf.compiler.routes import compile_routes
         from calico_ebpf.dataplane.config import NodeConfig
 
@@ -589,9 +640,9 @@ class TraceNode:
             self._link(name)
         self.state, self.config = state, config
         self.workloads = {pod: (self._links[name], name) for name, pod in wanted.items()}
-        self._apply(state, config)
+        self._apply(state, config, named_ports)
 
-    def _apply(self, state: Any, config: Any) -> None:
+    def _apply(self, state: Any, config: Any, named_ports: Any = None) -> None:
         from calico_ebpf.dataplane.datapath import Dataplane
         from calico_ebpf.dataplane.policy import PolicyManager
 
@@ -610,11 +661,11 @@ class TraceNode:
         self._registered = keep
         self.report = dp.apply(state, config.node)
         # Policy programs per workload (an unisolated pod gets none: allowed, as in Calico).
-        self.policy_report = self._policy.sync(state, self.workloads)
+        self.policy_report = self._policy.sync(state, self.workloads, named_ports=named_ports)
 
     def trace(self, packet: str | TracePacket) -> Trace:
         """Trace one packet on this node (see :func:`trace`)."""
-        return trace(self.dp, packet, netns=self.netns, data_interface=DATA_INTERFACE)
+        return trace(self.dp, packet, netns=self.netns, data_interface=DATA_INTERFACE, policy=self._policy)
 
     def close(self) -> None:
         """Unload the scratch dataplane and delete the namespace (and its interfaces)."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from calico_ebpf.dataplane.config import NodeConfig
 from calico_ebpf.dataplane.datapath import SCRATCH_MAX_ENTRIES, Dataplane
-from calico_ebpf.dataplane.policy import PolicyManager
+from calico_ebpf.dataplane.policy import PolicyManager, remove_policy_tables
 from calico_ebpf.dataplane.reconcile import ApplyReport
 from calico_ebpf.dataplane.tunnel import tunnel_config
 from calico_ebpf.errors import CalicoEBPFError
@@ -279,6 +279,7 @@ def open_node_dataplane(prefix: str, node: str, max_entries: dict[str, int] | No
 def remove_pins(prefix: str) -> bool:
     """Unpin everything of lab ``prefix`` and remove its directory; False if there was none."""
     path = lab_pin_dir(prefix)
+    remove_policy_tables(path)  # the policy rule tables kept beside the pins (bpffs holds no files)
     if not os.path.exists(path):
         return False
     bpffs.remove_pin_dir(path)

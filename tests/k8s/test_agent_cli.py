@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from k8s_helpers import free_port, wait_until
 from test_agent import NODE, kernel_nat, node, service, slice_
-from test_agent_endpoints import remove_policy_tables
 
+from calico_ebpf.dataplane.policy import remove_policy_tables
 from calico_ebpf.kernel.attach import TcAttachment
 from calico_ebpf.kernel.netns import Netns, veth_pair
 

@@ -31,7 +31,7 @@ from kubernetes import client
 
 from calico_ebpf.compiler.routes import veth_name
 from calico_ebpf.dataplane.datapath import SCRATCH_MAX_ENTRIES
-from calico_ebpf.dataplane.policy import DENY_SLOT, NO_POLICY
+from calico_ebpf.dataplane.policy import DENY_SLOT, NO_POLICY, remove_policy_tables
 from calico_ebpf.k8s.agent import Agent
 from calico_ebpf.k8s.endpoints import Endpoints, list_links
 from calico_ebpf.kernel.attach import TcAttachment
@@ -222,15 +222,6 @@ def pin_dir():
     yield path
     bpffs.remove_pin_dir(path)
     remove_policy_tables(path)
-
-
-def remove_policy_tables(pin_dir: str) -> None:
-    """The PolicyManager's rule table of a pinned dataplane (under /run), where it keeps one."""
-    from calico_ebpf.dataplane import policy
-
-    remove = getattr(policy, "remove_policy_tables", None)  # lands with the policy rule tables
-    if remove is not None:
-        remove(pin_dir)
 
 
 @pytest.fixture(scope="module")

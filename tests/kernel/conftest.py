@@ -46,6 +46,9 @@ def pin_dir():
     bpffs.make_pin_dir(path)
     yield path
     bpffs.remove_pin_dir(path)
+    from calico_ebpf.dataplane.policy import remove_policy_tables
+
+    remove_policy_tables(path)  # a PolicyManager on a pinned dataplane writes its rule table there
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ DATAPATH_O = str(files("calico_ebpf._bpf") / "datapath.o")
 STATE_FIELDS = ["ts", "ip_src", "ip_dst", "post_nat_ip_dst", "post_nat_ip_src", "sport", "dport", "post_nat_dport",
                 "ip_proto", "icmp_type", "icmp_code", "hook", "pol_dir", "verdict", "pol_slot", "pol_rc", "ifindex",
                 "if_flags", "flags", "ct_rc", "reason", "nat_svc_id", "nat_ordinal", "nat_affinity_timeo",
-                "route_flags_src", "route_flags_dst", "fwd_ifindex", "ip_len", "route_ifindex_dst", "trace_token", "pad"]
+                "route_flags_src", "route_flags_dst", "fwd_ifindex", "ip_len", "route_ifindex_dst", "trace_token", "pad",
+                "pol_rule", "pad2"]
 
 
 def test_every_program_loads(bpf_objects):

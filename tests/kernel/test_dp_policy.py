@@ -264,3 +264,24 @@ def test_a_program_that_cannot_be_built_leaves_the_previous_one_in_force(env, pm
     assert set(pm.ipsets.keys()) >= members  # the sets the kept program looks up are still there
     assert connect(env, env.B, POD_B, env.A, POD_A)[0] is True
     assert connect(env, env.C, POD_C, env.A, POD_A)[0] is False
+
+
+def test_trace_names_the_rule_or_the_unknown_workload(env, pm):
+    from calico_ebpf.dataplane.trace import trace
+
+    def tr(text):
+        return trace(env.dp, text, netns=env.devs.ns, data_interface="hep", policy=pm)
+
+    pm.sync(model(web_from_cli()), endpoints(env))
+    slot = pm.slot_of("x/a", "ingress")
+    ok = tr(f"tcp {POD_B}:40000 -> {POD_A}:80")
+    assert ok.verdict == "allow"
+    assert f"policy: ingress allow by default/NetworkPolicy x/web spec.ingress[0] (slot {slot})" in ok.path
+    denied = tr(f"tcp {POD_C}:40000 -> {POD_A}:80")
+    assert f"policy: ingress deny: end of tier default (slot {slot})" in denied.path
+    assert denied.reason.endswith("denied by policy (DROP_POLICY): ingress deny: end of tier default")
+    # An endpoint whose pod is unknown is in the deny slot, which the trace names as such.
+    pm.sync(model(), {"x/a": (env.A, "wep_a"), "q/ghost": (env.B, "wep_b")})
+    ghost = tr(f"tcp {POD_A}:40000 -> {POD_B}:80")
+    assert ghost.verdict == "drop"
+    assert f"policy: ingress deny: unknown workload (deny slot) (slot {DENY_SLOT})" in ghost.path

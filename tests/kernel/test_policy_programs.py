@@ -33,9 +33,9 @@ CASES = json.loads((Path(__file__).resolve().parents[1] / "data" / "netpol-cases
 
 def dp_state(src: str, dst: str, proto: int, dport: int = 0, sport: int = 40000,
              icmp_type: int = 0, icmp_code: int = 0, *, pre_nat: tuple[str, int] | None = None) -> bytes:
-    """A struct dp_state (96 bytes) for a flow to ``dst:dport`` (post-DNAT); ``pre_nat`` is
+    """A struct dp_state (112 bytes) for a flow to ``dst:dport`` (post-DNAT); ``pre_nat`` is
     what the client sent when a service translated it (default: no DNAT)."""
-    buf = bytearray(96)
+    buf = bytearray(112)
     orig_dst, orig_port = pre_nat or (dst, dport)
     buf[8:12] = socket.inet_aton(src)
     buf[12:16] = socket.inet_aton(orig_dst)
@@ -50,7 +50,7 @@ class PolicyHarness:
     """The maps and continuation programs a policy program expects; runs programs on flows."""
 
     def __init__(self) -> None:
-        self.state = Map.create(MapType.PERCPU_ARRAY, 4, 96, 1, name="t_pol_state")
+        self.state = Map.create(MapType.PERCPU_ARRAY, 4, 112, 1, name="t_pol_state")
         self.progs = Map.create(MapType.PROG_ARRAY, 4, 4, 2, name="t_pol_progs")
         self.ipsets = Map.create(MapType.LPM_TRIE, 20, 4, 1 << 16, name="t_pol_ipsets")
         self.continuations = [
@@ -233,6 +233,14 @@ def test_sctp_rule_matches_nothing_and_still_isolates(harness):
 
 
 def _case_state(case: dict) -> tuple[ClusterState, dict, dict]:
+    objects, named, ips = _case_objects(case)
+    state = ClusterState.from_dicts(objects)
+    assert not state.rejected, state.rejected
+    return state, named, ips
+
+
+def _case_objects(case: dict) -> tuple[list[dict], dict, dict]:
+    """The case's manifests (model namespaces and pods, then its policies), named ports, pod IPs."""
     model = CASES["model"]
     extra = case.get("state") or {}
     ns_labels, pod_labels = extra.get("namespace_labels", {}), extra.get("pod_labels", {})
@@ -242,9 +250,7 @@ def _case_state(case: dict) -> tuple[ClusterState, dict, dict]:
         objects.append(pod(p["namespace"], p["name"], p["ip"], **{**p["labels"], **pod_labels.get(p["id"], {})}))
         named[p["id"]] = [NamedPort(c["name"], PROTO[c["protocol"]], c["containerPort"]) for c in p["containerPorts"]]
         ips[p["id"]] = p["ip"]
-    state = ClusterState.from_dicts(objects + case["policies"])
-    assert not state.rejected, state.rejected
-    return state, named, ips
+    return objects + case["policies"], named, ips
 
 
 def _run_case(harness, case: dict) -> tuple[list[str], list[str]]:

@@ -67,9 +67,9 @@ def test_pod_to_cluster_ip_is_dnated_and_delivered_to_the_backend(env):
     assert t.dnat in {f"{ip}:{port}" for ip, port in BACKENDS}
     be_if = "wep_b" if t.dnat.startswith(POD_B) else "wep_c"
     assert t.path == ["from-wep wep_a (tc ingress)", "conntrack: new",
-                      f"nat: {VIP}:80 -> {t.dnat} (service id 7)", "policy: none (egress)",
+                      f"nat: {VIP}:80 -> {t.dnat} (service id 7)", "policy: none (egress): no policy selects the endpoint: allow (profile)",
                       f"route: local workload {be_if} (redirect)", f"to-wep {be_if} (tc egress)",
-                      "conntrack: established", "policy: none (ingress)"]
+                      "conntrack: established", "policy: none (ingress): no policy selects the endpoint: allow (profile)"]
     assert [h.program for h in t.hops] == ["from-wep wep_a (tc ingress)", f"to-wep {be_if} (tc egress)"]
     assert t.reason == f"DNAT to {t.dnat}; delivered to the workload behind {be_if}"
     assert env.ct_count() == 0  # the trace forgot its conntrack entries

@@ -63,7 +63,7 @@ def test_json_one_object_per_packet(cluster):
     assert svc["path"][:3] == [f"from-wep {client_if} (tc ingress)", "conntrack: new",
                                f"nat: {VIP}:80 -> {BACKEND}:8080 (service id {svc['hops'][0]['service_id']})"]
     assert svc["path"][-3:] == [f"to-wep {backend_if} (tc egress)", "conntrack: established",
-                                "policy: none (ingress)"]
+                                "policy: none (ingress): no policy selects the endpoint: allow (profile)"]
     assert (udp["verdict"], udp["dnat"]) == ("allow", None)  # the service has no UDP port
     assert (empty["verdict"], empty["dnat"]) == ("reject", None)
     assert "ICMP port unreachable" in empty["reason"]

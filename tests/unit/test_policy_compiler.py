@@ -176,25 +176,27 @@ in_nets_2:
 below_4:
   20: goto rule_1
 port_ok_3:
-  21: goto allow
+  21: *(u32 *)(r6 + 104) = 1
+  22: goto allow
 rule_1:
-  22: goto deny
+  23: *(u32 *)(r6 + 104) = 2
+  24: goto deny
 allow:
-  23: *(u32 *)(r6 + 40) = 1
-  24: r1 = r9
-  25: r2 = map[fd:4]
-  27: r3 = 0
-  28: call tail_call#12
-  29: r0 = 2
-  30: exit
+  25: *(u32 *)(r6 + 40) = 1
+  26: r1 = r9
+  27: r2 = map[fd:4]
+  29: r3 = 0
+  30: call tail_call#12
+  31: r0 = 2
+  32: exit
 deny:
-  31: *(u32 *)(r6 + 40) = 2
-  32: r1 = r9
-  33: r2 = map[fd:4]
-  35: r3 = 1
-  36: call tail_call#12
-  37: r0 = 2
-  38: exit"""
+  33: *(u32 *)(r6 + 40) = 2
+  34: r1 = r9
+  35: r2 = map[fd:4]
+  37: r3 = 1
+  38: call tail_call#12
+  39: r0 = 2
+  40: exit"""
 
 
 def test_listing_of_a_small_program():
