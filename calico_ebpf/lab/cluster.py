@@ -76,7 +76,13 @@ class NodeDataplane:
             kind = _DP_KIND.get(lab_kind)
             if kind is None:
                 continue
-            self.dp.attach(self.node.netns.ifindex(ifname), ifname, kind, netns=self.node.netns)
+            ifindex = self.node.netns.ifindex(ifname)
+            # A re-adopted interface keeps the policy slots it has (an agent restart must not
+            # open a window without policy before the next sync).
+            known = self.dp.interface(ifindex)
+            slots = {} if known is None else {"ingress_policy": known.ingress_policy_v4,
+                                              "egress_policy": known.egress_policy_v4}
+            self.dp.attach(ifindex, ifname, kind, netns=self.node.netns, **slots)
             self.attached[ifname] = kind
 
     @property
