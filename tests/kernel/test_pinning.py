@@ -109,8 +109,9 @@ def test_incompatible_pin_refused(selftest_o, pin_dir):
 
 
 def test_bpffs_helpers(tmp_path):
+    root = bpffs.ensure_bpffs(mount=True)  # a fresh machine may not have mounted it yet
     assert bpffs.find_bpffs() is not None
-    root = bpffs.ensure_bpffs()
+    assert bpffs.ensure_bpffs() == root
     assert bpffs.is_bpffs(root)
     assert not bpffs.is_bpffs(tmp_path)
     keep = tmp_path / "keep.txt"
