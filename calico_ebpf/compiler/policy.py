@@ -34,11 +34,11 @@ from typing import Any
 
 import attrs
 
-from calico_ebpf.compiler.selectors import Selector
 from calico_ebpf.errors import ModelError, UnsupportedError
 from calico_ebpf.maps.ipsets import IPSetKey
 from calico_ebpf.model.core import Namespace, Pod
 from calico_ebpf.model.policy import EntityRule, Rule, Tier, builtin_tiers
+from calico_ebpf.model.selectors import Selector
 
 __all__ = [
     "DIRECTIONS",

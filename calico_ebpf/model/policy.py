@@ -25,6 +25,7 @@ import attrs
 from calico_ebpf.errors import CalicoEBPFError, ModelError
 from calico_ebpf.model import _fields as f
 from calico_ebpf.model.core import meta
+from calico_ebpf.model.selectors import Selector
 
 ACTIONS = ("Allow", "Deny", "Pass", "Log")
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "SCTP": 132, "UDPLITE": 136, "ICMPV6": 58}
@@ -130,9 +131,6 @@ def _order(obj: str, field: str, value: Any) -> float | None:
 
 
 def _selector(obj: str, field: str, value: Any) -> str:
-    # Imported here: the selector language lives in compiler/, which imports the model.
-    from calico_ebpf.compiler.selectors import Selector
-
     text = f.string(obj, field, value)
     try:
         return str(Selector.parse(text))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from calico_ebpf.compiler.selectors import (
+from calico_ebpf.errors import ModelError
+from calico_ebpf.model.selectors import (
     All,
     And,
     CmpOp,
@@ -20,7 +21,6 @@ from calico_ebpf.compiler.selectors import (
     SelectorError,
     parse_selector,
 )
-from calico_ebpf.errors import ModelError
 
 VECTORS = json.loads((Path(__file__).parents[1] / "data" / "calico-selector-vectors.json").read_text())
 
