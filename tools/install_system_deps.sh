@@ -6,7 +6,8 @@ PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config gcc make
           iproute2 iptables nftables bpftool iperf3 python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  # "dpkg -s" also succeeds for a removed package whose config files remain.
+  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
