@@ -271,11 +271,14 @@ class Dataplane:
         self.config = self.reconciler.config
         self.last_report = report
         self._sync_tunnel()
-        if report.removed_backends and self.clean_stale_nat:
+        # The cleanup reads the whole conntrack map; with no flows at all (one get_next_key
+        # call says so) there is nothing to clean and the apply stays O(change).
+        ct = self.maps[_CT_MAP]
+        if report.removed_backends and self.clean_stale_nat and next(ct.keys(), None) is not None:
             removed = {(ip, port, proto) for (_fip, _fport, proto), bes in report.removed_backends.items()
                        for ip, port in bes}
             live = self.reconciler.live_backends({(ip, port) for ip, port, _ in removed})
-            report.stale_nat = remove_stale_nat(self.maps[_CT_MAP], removed, live=live)
+            report.stale_nat = remove_stale_nat(ct, removed, live=live)
         return report
 
     def _sync_tunnel(self) -> None:
