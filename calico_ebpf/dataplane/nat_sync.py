@@ -27,7 +27,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -216,6 +216,10 @@ class NatPlan:
     be_delete: list = field(default_factory=list)  # (sid, ordinal)
     block_updates: dict = field(default_factory=dict)  # sid -> new Block (None: gone)
     counts: dict = field(default_factory=dict)  # map name -> [added, changed, removed]
+    # The frontend keys this plan compared (None: all), i.e. every frontend of the services it
+    # touches: what looks for the frontends of a changed block need not scan the whole view.
+    fe_keys: Collection | None = None
+    lpm_keys: Collection | None = None
 
     def __bool__(self) -> bool:
         return bool(self.feh_delete or self.be_write or self.lpm_write or self.feh_write or self.lpm_delete
@@ -253,7 +257,7 @@ def plan(view: NatView, feh: dict, lpm: dict, blocks: dict, *, fe_keys=None, lpm
     With ``fe_keys``/``lpm_keys``/``sids`` only those keys and blocks are
     compared (an incremental apply); None compares everything.
     """
-    p = NatPlan()
+    p = NatPlan(fe_keys=fe_keys, lpm_keys=lpm_keys)
     p.feh_write, p.feh_delete, added = _diff_entries(feh, view.feh, fe_keys)
     p.counts[FEH] = [added, len(p.feh_write) - added, len(p.feh_delete)]
     p.lpm_write, p.lpm_delete, added = _diff_entries(lpm, view.lpm, lpm_keys)

@@ -546,9 +546,12 @@ def removed_backends(view: NatView, plan: nat_sync.NatPlan) -> dict[tuple[str, i
     out: dict[tuple[str, int, str], tuple[tuple[str, int], ...]] = {}
     if not gone:
         return out
-    for table in (view.feh, view.lpm):
-        for k, v in table.items():
-            bes = gone.get(v[0])
+    # A block changes only for a service the plan touched, and the plan compared every frontend
+    # of those services: look only at those keys (all of them on a full apply).
+    for table, keys in ((view.feh, plan.fe_keys), (view.lpm, plan.lpm_keys)):
+        for k in table if keys is None else keys:
+            v = table.get(k)
+            bes = gone.get(v[0]) if v is not None else None
             if bes:
                 out.setdefault((nat_sync.int_ip(k[0]), k[1], _proto_name(k[2])), bes)
     return out
