@@ -36,8 +36,35 @@ def host_word(addr: ipaddress.IPv4Address) -> int:
     return int.from_bytes(addr.packed, "little")
 
 
+class FlowOrder:
+    """The datapath's rule for which endpoint of a flow is "A" in its conntrack key, shared by
+    the IPv4 and IPv6 keys: the lower address (compared as the host-endian words the program
+    loads) goes first, ties broken by port. Subclasses say how to read an address."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def _order_words(addr):
+        raise NotImplementedError
+
+    @classmethod
+    def src_is_a(cls, src, sport: int, dst, dport: int) -> bool:
+        """True when the source endpoint is "A" of the flow's key."""
+        ws, wd = cls._order_words(src), cls._order_words(dst)
+        if ws != wd:
+            return ws < wd
+        return sport < dport
+
+    @classmethod
+    def for_flow(cls, src, sport: int, dst, dport: int, proto):
+        """The key the datapath uses for a packet ``src:sport -> dst:dport``."""
+        if cls.src_is_a(src, sport, dst, dport):
+            return cls(proto, src, dst, sport, dport)
+        return cls(proto, dst, src, dport, sport)
+
+
 @attrs.frozen(slots=True)
-class CtKey(E.Entry):
+class CtKey(FlowOrder, E.Entry):
     """A flow ``proto addr_a:port_a <-> addr_b:port_b`` (A compares lower).
 
     Ports are 0 for ICMP. Build keys from a packet's tuple with
@@ -50,19 +77,8 @@ class CtKey(E.Entry):
     port_b: int = attrs.field(default=0, validator=E.port)
 
     @staticmethod
-    def src_is_a(src, sport: int, dst, dport: int) -> bool:
-        """True when the source endpoint is "A" of the flow's key."""
-        ws, wd = host_word(E.to_ipv4(src)), host_word(E.to_ipv4(dst))
-        if ws != wd:
-            return ws < wd
-        return sport < dport
-
-    @classmethod
-    def for_flow(cls, src, sport: int, dst, dport: int, proto) -> CtKey:
-        """The key the datapath uses for a packet ``src:sport -> dst:dport``."""
-        if cls.src_is_a(src, sport, dst, dport):
-            return cls(proto, src, dst, sport, dport)
-        return cls(proto, dst, src, dport, sport)
+    def _order_words(addr) -> int:
+        return host_word(E.to_ipv4(addr))
 
     def __str__(self) -> str:
         return f"{self.proto} {self.addr_a}:{self.port_a} <-> {self.addr_b}:{self.port_b}"

@@ -19,7 +19,7 @@ import attrs
 
 from calico_ebpf.maps import _entry as E
 from calico_ebpf.maps import layout as L
-from calico_ebpf.maps.conntrack import ZERO_LEG, CtLeg, union_validator
+from calico_ebpf.maps.conntrack import ZERO_LEG, CtLeg, FlowOrder, union_validator
 from calico_ebpf.maps.enums import CtFlags, CtType, Proto
 
 _ZERO6 = ipaddress.IPv6Address(0)
@@ -37,7 +37,7 @@ def host_words(addr: ipaddress.IPv6Address) -> tuple[int, int, int, int]:
 
 
 @attrs.frozen(slots=True)
-class CtKeyV6(E.Entry):
+class CtKeyV6(FlowOrder, E.Entry):
     """An IPv6 flow ``proto [addr_a]:port_a <-> [addr_b]:port_b``."""
 
     proto: Proto = attrs.field(converter=E.enum_converter(Proto), validator=E.of_type(Proto))
@@ -47,18 +47,8 @@ class CtKeyV6(E.Entry):
     port_b: int = attrs.field(default=0, validator=E.port)
 
     @staticmethod
-    def src_is_a(src, sport: int, dst, dport: int) -> bool:
-        ws, wd = host_words(E.to_ipv6(src)), host_words(E.to_ipv6(dst))
-        if ws != wd:
-            return ws < wd
-        return sport < dport
-
-    @classmethod
-    def for_flow(cls, src, sport: int, dst, dport: int, proto) -> CtKeyV6:
-        """The key the datapath uses for a packet ``[src]:sport -> [dst]:dport``."""
-        if cls.src_is_a(src, sport, dst, dport):
-            return cls(proto, src, dst, sport, dport)
-        return cls(proto, dst, src, dport, sport)
+    def _order_words(addr) -> tuple[int, int, int, int]:
+        return host_words(E.to_ipv6(addr))
 
     def __str__(self) -> str:
         return f"{self.proto} [{self.addr_a}]:{self.port_a} <-> [{self.addr_b}]:{self.port_b}"
